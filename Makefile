@@ -1,0 +1,35 @@
+# Two entry points (see README): `make demo` and `make test`.
+# Both bootstrap a local virtual environment in .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint sysdeps venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned to the CPU build this project is developed on
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[testing]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+sysdeps:
+	./scripts/install_system_deps.sh
+
+demo: $(STAMP)
+	$(VENV)/bin/napari-conformal demo
+
+test: $(STAMP) sysdeps
+	$(VENV)/bin/ruff check napari_conformal tests benchmarks
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check napari_conformal tests benchmarks
+	$(VENV)/bin/ruff format --check napari_conformal tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

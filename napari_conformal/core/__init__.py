@@ -1,0 +1,1 @@
+"""Numerical core: numpy/torch only, never Qt or napari."""

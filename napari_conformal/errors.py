@@ -1,0 +1,42 @@
+"""Exceptions raised by napari-conformal.
+
+Every error a user can cause (bad store, bad arguments, a calibration set too
+small for the requested risk level) derives from :class:`ConformalError`, so the
+command line and the dock widgets can turn it into a one-line message without
+catching programming errors by accident.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CalibrationError",
+    "ConformalError",
+    "InsufficientCalibrationError",
+    "LambdaMaxReachedError",
+    "NonMonotoneCurveError",
+    "StoreValidationError",
+]
+
+
+class ConformalError(ValueError):
+    """Base class of all user-facing errors of napari-conformal."""
+
+
+class StoreValidationError(ConformalError):
+    """A dataset store (or an array given in its place) violates the format."""
+
+
+class CalibrationError(ConformalError):
+    """Calibration cannot produce a valid threshold for the given inputs."""
+
+
+class InsufficientCalibrationError(CalibrationError):
+    """The calibration set is too small for the requested risk level α."""
+
+
+class LambdaMaxReachedError(CalibrationError):
+    """No λ up to λ_max satisfies the risk bound."""
+
+
+class NonMonotoneCurveError(CalibrationError):
+    """A per-image loss curve increases with λ, so risk control does not apply."""

@@ -1,0 +1,1 @@
+"""Dataset store, readers and writers."""

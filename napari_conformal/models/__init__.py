@@ -1,0 +1,1 @@
+"""Sample generators (MC dropout, ensembles) and demo models."""
