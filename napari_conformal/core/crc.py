@@ -91,7 +91,7 @@ def min_calibration_size(alpha: float, bound: float = 1.0) -> int:
     """
     _validate_alpha(alpha, bound)
     need = exact_fraction(bound) / exact_fraction(alpha) - 1
-    return max(int(math.ceil(need)), 1)
+    return max(math.ceil(need), 1)
 
 
 def check_calibration_size(n: int, alpha: float, bound: float = 1.0) -> None:
