@@ -20,8 +20,15 @@ venv: $(STAMP)
 sysdeps:
 	./scripts/install_system_deps.sh
 
+# On a machine without a screen, the demo runs on a virtual display and saves demo.png instead.
 demo: $(STAMP)
-	$(VENV)/bin/napari-conformal demo
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then \
+		$(VENV)/bin/napari-conformal demo; \
+	else \
+		./scripts/install_system_deps.sh && \
+		echo "no display: running the demo under Xvfb and saving a screenshot to demo.png" && \
+		xvfb-run -a -s "-screen 0 1600x1000x24" $(VENV)/bin/napari-conformal demo --screenshot demo.png; \
+	fi
 
 test: $(STAMP) sysdeps
 	$(VENV)/bin/ruff check napari_conformal tests benchmarks

@@ -31,6 +31,8 @@ from napari_conformal.errors import ConformalError
 __all__ = ["ConformalMethod", "available_methods", "make_method", "register"]
 
 _REGISTRY: dict[str, Callable[..., ConformalMethod]] = {}
+#: options a caller may pass to any method; methods without them ignore them (e.g. ``device`` for CRC)
+_OPTIONAL_EVERYWHERE = frozenset({"device"})
 
 
 class ConformalMethod(ABC):
@@ -144,6 +146,6 @@ def make_method(name: str, **kwargs: Any) -> ConformalMethod:
     for key, value in kwargs.items():
         if accepts_any or key in sig.parameters:
             clean[key] = value
-        elif value is not None:
+        elif value is not None and key not in _OPTIONAL_EVERYWHERE:
             raise ConformalError(f"method {name!r} has no parameter {key!r}")
     return cls(**clean)

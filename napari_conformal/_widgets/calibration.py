@@ -1,0 +1,293 @@
+"""Calibration dock: pick a store and a method, run calibration in a background worker.
+
+The widget only gathers inputs and draws results. The work is
+:func:`napari_conformal.api.iter_calibrate`, a generator that yields progress
+after each image; a napari thread worker drives it, so the UI never blocks and
+Cancel (``worker.quit()``) stops between two images with no partial result.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["CalibrationWidget"]
+
+METHOD_LABELS = {
+    "consign": "CONSIGN (PCA box)",
+    "rwcp": "RW-CP (random walk)",
+    "crc": "Standard CRC",
+    "consema": "Consema (dilation)",
+    "aps": "Pixel-wise APS",
+    "raps": "Pixel-wise RAPS",
+    "lac": "Pixel-wise LAC",
+    "sacp": "SACP",
+}
+
+
+def _devices() -> list[str]:
+    try:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:  # pragma: no cover - torch is a dependency
+        n = 0
+    return ["auto", "cpu"] + [f"cuda:{i}" for i in range(n)]
+
+
+class CalibrationWidget(QWidget):
+    """Dock widget that calibrates a conformal method on a dataset store.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer the results go to (injected by napari).
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        from napari_conformal.core.method import available_methods, make_method
+
+        self.viewer = napari_viewer
+        self.worker: Any = None
+        self.calibration: dict[str, Any] | None = None
+        self._progress: Any = None
+
+        self.store_edit = QLineEdit()
+        self.store_edit.setPlaceholderText("path of a napari-conformal store (.zarr)")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        store_row = QHBoxLayout()
+        store_row.addWidget(self.store_edit)
+        store_row.addWidget(browse)
+
+        self.method_combo = QComboBox()
+        for name in available_methods():
+            self.method_combo.addItem(METHOD_LABELS.get(name, name), name)
+        self.alpha_spin = self._double(
+            0.001, 0.999, 0.1, 3, "risk level α: the set misses with probability ≤ α"
+        )
+        self.nu_spin = self._double(0.01, 0.999, 0.9, 3, "label-wise accuracy ν a member must reach")
+        self.k_spin = QSpinBox()
+        self.k_spin.setRange(1, 200)
+        self.k_spin.setValue(5)
+        self.k_spin.setToolTip("principal components K (CONSIGN) or graph neighbours k (RW-CP)")
+        self.fraction_spin = self._double(0.05, 0.95, 0.5, 2, "fraction of images used for calibration")
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(_devices())
+        self.run_button = QPushButton("Run calibration")
+        self.run_button.clicked.connect(self._run_or_cancel)
+        self.status = QLabel("Choose a store and press Run.")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Store", store_row)
+        form.addRow("Method", self.method_combo)
+        form.addRow("α", self.alpha_spin)
+        form.addRow("ν", self.nu_spin)
+        form.addRow("K / k", self.k_spin)
+        form.addRow("Calibration fraction", self.fraction_spin)
+        form.addRow("Split seed", self.seed_spin)
+        form.addRow("Device", self.device_combo)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.run_button)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self._make_method = make_method
+        self.method_combo.currentIndexChanged.connect(self._method_changed)
+        self._method_changed()
+
+    @staticmethod
+    def _double(lo: float, hi: float, value: float, decimals: int, tip: str) -> QDoubleSpinBox:
+        spin = QDoubleSpinBox()
+        spin.setRange(lo, hi)
+        spin.setDecimals(decimals)
+        spin.setSingleStep(10.0**-decimals * 10)
+        spin.setValue(value)
+        spin.setToolTip(tip)
+        return spin
+
+    @property
+    def inputs(self) -> list[QWidget]:
+        """The input widgets, disabled while a run is in progress."""
+        return [
+            self.store_edit,
+            self.method_combo,
+            self.alpha_spin,
+            self.nu_spin,
+            self.k_spin,
+            self.fraction_spin,
+            self.seed_spin,
+            self.device_combo,
+        ]
+
+    def _method_changed(self) -> None:
+        method = self._make_method(self.method_combo.currentData(), alpha=0.1)
+        self.nu_spin.setEnabled(method.uses_nu)
+        self.k_spin.setEnabled(method.uses_k or self.method_combo.currentData() == "rwcp")
+
+    def _browse(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a napari-conformal store")
+        if path:
+            self.store_edit.setText(path)
+
+    # -- running -------------------------------------------------------------------------------------
+
+    def _run_or_cancel(self) -> None:
+        if self.worker is not None:
+            self.cancel()
+        else:
+            self.run()
+
+    def request(self) -> dict[str, Any]:
+        """The calibration request the inputs describe (no I/O)."""
+        name = self.method_combo.currentData()
+        method = self._make_method(name, alpha=0.1)
+        params: dict[str, Any] = {}
+        if self.device_combo.currentText() != "auto":
+            params["device"] = self.device_combo.currentText()
+        return {
+            "store": self.store_edit.text().strip(),
+            "method": name,
+            "alpha": float(self.alpha_spin.value()),
+            "nu": float(self.nu_spin.value()) if method.uses_nu else None,
+            "k": int(self.k_spin.value()) if self.k_spin.isEnabled() else None,
+            "fraction": float(self.fraction_spin.value()),
+            "seed": int(self.seed_spin.value()),
+            "params": params,
+        }
+
+    def run(self) -> None:
+        """Validate the inputs and start calibration in a background worker."""
+        from napari.qt.threading import thread_worker
+        from napari.utils import progress
+
+        from napari_conformal.api import iter_calibrate
+        from napari_conformal.errors import ConformalError
+        from napari_conformal.io.indices import random_split
+        from napari_conformal.io.store import open_store
+
+        req = self.request()
+        try:
+            if not req["store"]:
+                raise ConformalError("choose a store first")
+            store = open_store(req["store"], mode="r")
+            cal, test = random_split(store.n_images, req["fraction"], req["seed"])
+        except (ConformalError, OSError) as exc:
+            self._error(exc)
+            return
+        gen_fn = thread_worker(iter_calibrate, start_thread=False)
+        worker = gen_fn(
+            store,
+            req["method"],
+            alpha=req["alpha"],
+            nu=req["nu"],
+            k=req["k"],
+            cal_indices=cal,
+            params=req["params"],
+        )
+        self._progress = progress(total=len(cal), desc=f"Calibrating {req['method']}")
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda record: self._on_done(record, store, test))
+        worker.errored.connect(self._error)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._set_busy(True)
+        self.status.setText(f"Calibrating {req['method']} on {len(cal)} images…")
+        worker.start()
+
+    def cancel(self) -> None:
+        """Stop the running calibration; it ends between two images with no result."""
+        if self.worker is not None:
+            self.status.setText("Cancelling…")
+            self.worker.quit()
+
+    def _set_busy(self, busy: bool) -> None:
+        for widget in self.inputs:
+            widget.setEnabled(not busy)
+        if not busy:
+            self._method_changed()
+        self.run_button.setText("Cancel" if busy else "Run calibration")
+
+    def _on_progress(self, step: tuple[int, int]) -> None:
+        done, _total = step
+        if self._progress is not None:
+            self._progress.update(done - self._progress.n)
+
+    def _on_done(self, record: dict[str, Any], store: Any, test: list[int]) -> None:
+        self.calibration = record
+        levels = f"α = {record['alpha']}" + ("" if record["nu"] is None else f", ν = {record['nu']}")
+        self.status.setText(
+            f"{record['method']}: λ̂ = {record['lambda_hat']:.5g} from n = {record['n']} images "
+            f"({levels}); {len(test)} test images."
+        )
+        if test:
+            self._show_test_image(record, store, test[0])
+
+    def _show_test_image(self, record: dict[str, Any], store: Any, index: int) -> None:
+        import numpy as np
+
+        from napari_conformal.api import method_from_calibration
+
+        method = method_from_calibration(record)
+        prepared = method.prepare(store.image(index), store.samples(index))
+        result = method.predict(prepared, record["lambda_hat"])
+        meta = {
+            "napari_conformal": {
+                "method": record["method"],
+                "alpha": record["alpha"],
+                "nu": record["nu"],
+                "lambda_hat": record["lambda_hat"],
+                "n": record["n"],
+                "version": record["version"],
+                "store": record["store"],
+                "image_index": index,
+            }
+        }
+        self.viewer.add_image(store.image(index), name=f"image {index}", scale=store.spacing, metadata=meta)
+        if isinstance(result, np.ndarray) and result.shape == store.spatial_shape:
+            self.viewer.add_labels(
+                result.astype(np.uint8),
+                name=f"{record['method']} set α={record['alpha']} (image {index})",
+                scale=store.spacing,
+                metadata=meta,
+                opacity=0.5,
+            )
+
+    def _on_aborted(self) -> None:
+        self.status.setText("Calibration cancelled; nothing was changed.")
+
+    def _on_finished(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.worker = None
+        self._set_busy(False)
+
+    def _error(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        self.status.setText(f"Error: {message}")
+        show_error(f"napari-conformal: {message}")

@@ -1,0 +1,292 @@
+"""The ``napari-conformal`` command: calibrate and evaluate headless, open the demo.
+
+Every user error (bad store, bad indices, calibration set too small for α, …)
+ends with one line ``napari-conformal: error: …`` on stderr and exit status 2;
+nothing is written and the inputs are never modified. Outputs are written to
+a temporary sibling file and renamed into place, so an interrupted run never
+leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from napari_conformal.errors import ConformalError
+
+__all__ = ["build_parser", "main"]
+
+PROG = "napari-conformal"
+METHODS = ("consign", "rwcp", "crc", "consema", "aps", "raps", "lac", "sacp")
+
+
+class UsageError(ConformalError):
+    """Bad command-line input."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, status 2
+        self.exit(2, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.replace("-", "_"), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``napari-conformal`` command."""
+    from napari_conformal import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        description="Conformal prediction sets for image segmentation (CONSIGN, RW-CP and baselines).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    cal = sub.add_parser("calibrate", help="calibrate a method on a dataset store and write CALIB.json")
+    cal.add_argument("store", help="path of the dataset store (zarr group, SPEC §3)")
+    cal.add_argument("--method", required=True, choices=METHODS)
+    cal.add_argument("--alpha", required=True, type=_probability, help="risk level α in (0, 1)")
+    cal.add_argument("--nu", type=_probability, help="label-wise accuracy ν (consign and pixel-wise methods)")
+    cal.add_argument("--k", type=int, help="principal components K (consign) or neighbours k (rwcp)")
+    split = cal.add_mutually_exclusive_group(required=True)
+    split.add_argument("--cal", help="calibration image indices, e.g. '0-79,90'")
+    split.add_argument("--cal-fraction", type=_probability, help="random fraction of images for calibration")
+    cal.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
+    cal.add_argument("--fg-class", type=int, help="foreground class for binary methods (default 1)")
+    cal.add_argument("--features", help="rwcp feature extractor (efficientnet-lite0, multiscale, dinov2, …)")
+    cal.add_argument("--rw-beta", type=float, help="rwcp kernel scale β (default 50)")
+    cal.add_argument("--steps", type=int, help="rwcp diffusion steps (default 10)")
+    cal.add_argument("--tau", type=float, help="consema coverage ratio τ")
+    cal.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other method parameter (repeatable), e.g. -o lambda_max=2",
+    )
+    cal.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default auto)")
+    cal.add_argument("--scheduler", help="run per-image work on dask.distributed: 'local' or an address")
+    cal.add_argument("--out", required=True, help="output CALIB.json")
+    cal.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+
+    ev = sub.add_parser("evaluate", help="evaluate a calibration on test images and write METRICS.json")
+    ev.add_argument("store", help="path of the dataset store")
+    ev.add_argument("--calibration", required=True, help="CALIB.json written by 'calibrate'")
+    ev.add_argument("--test", help="test image indices (default: every image not used for calibration)")
+    ev.add_argument(
+        "--n-samples",
+        type=int,
+        nargs="+",
+        default=[10, 50, 100, 500, 1000],
+        help="numbers of sampled set members for chao1/sec/correlation (sampling methods)",
+    )
+    ev.add_argument("--seed", type=int, default=0, help="seed for sampling set members")
+    ev.add_argument("--device", default=None, help="override the calibration's device")
+    ev.add_argument("--scheduler", help="run per-image work on dask.distributed: 'local' or an address")
+    ev.add_argument("--out", required=True, help="output METRICS.json")
+    ev.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+
+    demo = sub.add_parser("demo", help="open napari with the plugin's widgets")
+    demo.add_argument("--screenshot", help="save a PNG of the window and exit")
+    return parser
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def _progress_printer(label: str, quiet: bool) -> Callable[[int, int], None]:
+    def report(done: int, total: int) -> None:
+        if quiet:
+            return
+        end = "\n" if done >= total else ""
+        print(f"\r{label}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    return report
+
+
+def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as JSON to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory")
+    if not path.parent.exists():
+        raise UsageError(f"folder of --out does not exist: {path.parent}")
+    text = json.dumps(_jsonable(payload), indent=2, allow_nan=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars → Python, NaN/inf → None (JSON has no NaN)."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
+
+
+def _method_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(args.option)
+    for name in ("fg_class", "features", "rw_beta", "steps", "tau"):
+        value = getattr(args, name)
+        if value is not None:
+            kwargs["n_step" if name == "steps" else name] = value
+    if args.device and args.device != "auto":
+        kwargs["device"] = args.device
+    return kwargs
+
+
+def _open_store(path: str):
+    from napari_conformal.io.store import open_store
+
+    if not Path(path).exists():
+        raise UsageError(f"store not found: {path}")
+    return open_store(path, mode="r")
+
+
+# -- subcommands -------------------------------------------------------------------------------------
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from napari_conformal.api import calibrate
+    from napari_conformal.io.indices import parse_indices, random_split
+
+    store = _open_store(args.store)
+    if args.cal is not None:
+        cal = parse_indices(args.cal, store.n_images)
+    else:
+        cal, _ = random_split(store.n_images, args.cal_fraction, args.seed)
+    record = calibrate(
+        store,
+        args.method,
+        alpha=args.alpha,
+        nu=args.nu,
+        k=args.k,
+        cal_indices=cal,
+        params=_method_kwargs(args),
+        scheduler=args.scheduler,
+        progress=_progress_printer("calibrating", args.quiet),
+    )
+    write_json_atomic(args.out, record)
+    if not args.quiet:
+        print(
+            f"{args.method}: lambda_hat = {record['lambda_hat']:.6g} from n = {record['n']} images; "
+            f"wrote {args.out}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def load_calibration(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a ``CALIB.json`` written by ``calibrate``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"calibration file not found: {path}")
+    try:
+        calib = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"calibration file {path} is not valid JSON: {exc}") from None
+    if not isinstance(calib, dict):
+        raise UsageError(f"calibration file {path} does not hold a JSON object")
+    missing = [k for k in ("method", "alpha", "lambda_hat", "n", "cal_indices", "store") if k not in calib]
+    if missing:
+        raise UsageError(f"calibration file {path} lacks the keys {', '.join(missing)}")
+    return calib
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_conformal.api import evaluate
+    from napari_conformal.io.indices import parse_indices
+
+    calib = load_calibration(args.calibration)
+    store = _open_store(args.store)
+    test = None if args.test is None else parse_indices(args.test, store.n_images)
+    report = evaluate(
+        store,
+        calib,
+        test_indices=test,
+        n_samples=args.n_samples,
+        seed=args.seed,
+        overrides={"device": args.device} if args.device else None,
+        scheduler=args.scheduler,
+        progress=_progress_printer("evaluating", args.quiet),
+    )
+    report["calibration"] = str(Path(args.calibration).resolve())
+    write_json_atomic(args.out, report)
+    if not args.quiet:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in report["mean"].items() if isinstance(v, float))
+        print(
+            f"{calib['method']} on {report['n_test']} test images: {shown}; wrote {args.out}", file=sys.stderr
+        )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from napari_conformal.demo import run_demo
+
+    return run_demo(screenshot=args.screenshot)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``napari-conformal`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"calibrate": cmd_calibrate, "evaluate": cmd_evaluate, "demo": cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except ConformalError as exc:
+        message = " ".join(str(exc).split())
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
