@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from napari_conformal.core.method import ConformalMethod, make_method
-from napari_conformal.errors import ConformalError
+from napari_conformal.errors import Cancelled, ConformalError
 
 __all__ = [
     "Cancelled",
@@ -38,10 +38,6 @@ __all__ = [
 Progress = Callable[[int, int], None]
 ShouldStop = Callable[[], bool]
 T = TypeVar("T")
-
-
-class Cancelled(Exception):
-    """Raised inside a run when ``should_stop()`` returned True; nothing is produced."""
 
 
 def iter_map_images(

@@ -40,3 +40,10 @@ class LambdaMaxReachedError(CalibrationError):
 
 class NonMonotoneCurveError(CalibrationError):
     """A per-image loss curve increases with λ, so risk control does not apply."""
+
+
+class Cancelled(Exception):
+    """A run was stopped by its ``should_stop()`` callback; nothing partial is returned.
+
+    Deliberately not a :class:`ConformalError`: cancelling is not a user error.
+    """

@@ -142,6 +142,8 @@ class CalibrationWidget(QWidget):
         ]
 
     def _method_changed(self) -> None:
+        if self.method_combo.currentData() is None:
+            return
         method = self._make_method(self.method_combo.currentData(), alpha=0.1)
         self.nu_spin.setEnabled(method.uses_nu)
         self.k_spin.setEnabled(method.uses_k or self.method_combo.currentData() == "rwcp")
