@@ -1,0 +1,180 @@
+"""Label-wise accuracy of candidate segmentations (CONSIGN's membership test).
+
+For a ground truth ``Y`` and a candidate label map ``Ŷ`` (both integer label
+maps over the same pixels/voxels)::
+
+    acc(Ŷ; Y) = (1/|𝓛(Y)|) Σ_{l ∈ 𝓛(Y)}  |{p : Ŷ_p = l ∧ Y_p = l}| / |{p : Y_p = l}|
+
+where 𝓛(Y) is the set of labels *present in Y* (ALGORITHMS.md §1.5 and §6
+item 1): the per-label term is the recall of label ``l``, and labels absent
+from the ground truth are skipped, so the ratio is never 0/0. A candidate
+covers ``Y`` at accuracy rate ν iff ``acc(Ŷ; Y) > ν`` (strict).
+
+Two implementations with the same semantics:
+
+* :func:`labelwise_accuracy` for numpy arrays;
+* :func:`labelwise_accuracy_torch` for torch tensors on any device (torch is
+  imported inside the function, so this module stays light).
+
+Both take a batch of candidates ``(B, *S)`` (or a single ``(*S)`` map) against
+one ground truth ``(*S)`` and loop only over the labels present in ``Y``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from napari_conformal.errors import ConformalError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["is_covered", "labelwise_accuracy", "labelwise_accuracy_torch"]
+
+
+def _check_shapes(pred_shape: tuple[int, ...], truth_shape: tuple[int, ...]) -> bool:
+    """Return True when ``pred`` is a batch ``(B, *S)``, False when it is one map ``(*S)``."""
+    if len(truth_shape) == 0:
+        raise ConformalError("truth must have at least one spatial axis, got a scalar")
+    if tuple(pred_shape) == tuple(truth_shape):
+        return False
+    if tuple(pred_shape[1:]) == tuple(truth_shape):
+        return True
+    raise ConformalError(
+        f"pred must have shape S or (B, *S) with S = truth.shape = {tuple(truth_shape)}, "
+        f"got pred.shape = {tuple(pred_shape)}"
+    )
+
+
+def labelwise_accuracy(
+    pred: np.ndarray, truth: np.ndarray, n_labels: int | None = None
+) -> np.ndarray | float:
+    """Label-wise accuracy of one or many candidate label maps against a ground truth.
+
+    Parameters
+    ----------
+    pred : ndarray of int, shape (B, *S) or (*S)
+        Candidate label maps. Values outside ``0..n_labels-1`` are allowed and
+        simply never match.
+    truth : ndarray of int, shape (*S)
+        Ground-truth label map with values in ``0..n_labels-1``.
+    n_labels : int, optional
+        Number of labels L; default ``truth.max() + 1``. Only used to validate
+        ``truth``: the average runs over the labels present in ``truth``.
+
+    Returns
+    -------
+    ndarray of float64, shape (B,), or float
+        ``acc(Ŷ_b; Y)`` in [0, 1] for each candidate (a float for a single map).
+
+    Raises
+    ------
+    ConformalError
+        Shapes do not match, non-integer dtypes, or ``truth`` out of range.
+    """
+    pred = np.asarray(pred)
+    truth = np.asarray(truth)
+    batched = _check_shapes(pred.shape, truth.shape)
+    if not np.issubdtype(truth.dtype, np.integer):
+        raise ConformalError(f"truth must be an integer label map, got dtype {truth.dtype}")
+    if not (np.issubdtype(pred.dtype, np.integer) or pred.dtype == np.bool_):
+        raise ConformalError(f"pred must be integer label maps, got dtype {pred.dtype}")
+    n_labels = _validate_truth_range(int(truth.min()), int(truth.max()), n_labels)
+
+    flat_truth = truth.reshape(-1)
+    flat_pred = pred.reshape(pred.shape[0] if batched else 1, -1)
+    counts = np.bincount(flat_truth, minlength=n_labels)
+    present = np.flatnonzero(counts)
+    total = np.zeros(flat_pred.shape[0], dtype=np.float64)
+    for label in present:
+        where = flat_truth == label
+        hits = np.count_nonzero(flat_pred[:, where] == label, axis=1)
+        total += hits / counts[label]
+    acc = total / present.size
+    return acc if batched else float(acc[0])
+
+
+def _validate_truth_range(lo: int, hi: int, n_labels: int | None) -> int:
+    if n_labels is None:
+        n_labels = hi + 1
+    if int(n_labels) < 1:
+        raise ConformalError(f"n_labels must be a positive integer, got {n_labels}")
+    if lo < 0 or hi >= int(n_labels):
+        raise ConformalError(
+            f"truth labels must lie in 0..n_labels-1 = 0..{int(n_labels) - 1}, found {lo}..{hi}"
+        )
+    return int(n_labels)
+
+
+def labelwise_accuracy_torch(
+    pred: torch.Tensor,
+    truth: torch.Tensor,
+    n_labels: int | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Torch version of :func:`labelwise_accuracy` (same definition, any device).
+
+    Parameters
+    ----------
+    pred : Tensor of int, shape (B, *S) or (*S)
+        Candidate label maps on the same device as ``truth``.
+    truth : Tensor of int, shape (*S)
+        Ground-truth label map with values in ``0..n_labels-1``.
+    n_labels : int, optional
+        Number of labels L; default ``truth.max() + 1``.
+    dtype : torch.dtype, optional
+        Floating dtype of the result; float64 by default (exact ratios, so the
+        strict test ``acc > ν`` agrees with the numpy version), float32 on
+        devices without float64 (MPS).
+
+    Returns
+    -------
+    Tensor, shape (B,) or ()
+        ``acc(Ŷ_b; Y)`` on ``truth.device``.
+    """
+    import torch
+
+    batched = _check_shapes(tuple(pred.shape), tuple(truth.shape))
+    if truth.dtype.is_floating_point or truth.dtype.is_complex or truth.dtype == torch.bool:
+        raise ConformalError(f"truth must be an integer label map, got dtype {truth.dtype}")
+    if pred.dtype.is_floating_point or pred.dtype.is_complex:
+        raise ConformalError(f"pred must be integer label maps, got dtype {pred.dtype}")
+    if pred.device != truth.device:
+        raise ConformalError(
+            f"pred and truth must be on the same device, got {pred.device} and {truth.device}"
+        )
+    if dtype is None:
+        dtype = torch.float32 if truth.device.type == "mps" else torch.float64
+    flat_truth = truth.reshape(-1).long()
+    n_labels = _validate_truth_range(int(flat_truth.min()), int(flat_truth.max()), n_labels)
+    flat_pred = pred.reshape(pred.shape[0] if batched else 1, -1)
+
+    counts = torch.bincount(flat_truth, minlength=n_labels)
+    present = torch.nonzero(counts).flatten().tolist()
+    total = torch.zeros(flat_pred.shape[0], dtype=dtype, device=truth.device)
+    for label in present:
+        where = flat_truth == label
+        hits = (flat_pred[:, where] == label).sum(dim=1).to(dtype)
+        total += hits / int(counts[label])
+    acc = total / len(present)
+    return acc if batched else acc[0]
+
+
+def is_covered(accuracy: np.ndarray | float, nu: float) -> np.ndarray | bool:
+    """CONSIGN's membership ``Y ≈_ν Ŷ`` : ``acc(Ŷ; Y) > ν`` (strict).
+
+    Parameters
+    ----------
+    accuracy : float or ndarray
+        Label-wise accuracies from :func:`labelwise_accuracy`.
+    nu : float
+        Accuracy rate ν in [0, 1).
+    """
+    nu = float(nu)
+    if not 0.0 <= nu < 1.0:
+        raise ConformalError(f"nu must lie in [0, 1), got {nu}")
+    result = np.asarray(accuracy) > nu
+    return bool(result) if result.ndim == 0 else result
