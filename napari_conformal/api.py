@@ -13,14 +13,12 @@ SPEC §4).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
-
 from napari_conformal.core.method import ConformalMethod, make_method
+from napari_conformal.core.metrics import nanmean_metrics
 from napari_conformal.errors import Cancelled, ConformalError
 
 __all__ = [
@@ -31,7 +29,6 @@ __all__ = [
     "iter_calibrate",
     "iter_evaluate",
     "iter_map_images",
-    "mean_metrics",
     "method_from_calibration",
 ]
 
@@ -276,7 +273,7 @@ def iter_evaluate(
         "lambda_hat": lam,
         "n_test": len(test),
         "per_image": rows,
-        "mean": mean_metrics(rows),
+        "mean": nanmean_metrics(rows),
     }
 
 
@@ -290,25 +287,3 @@ def evaluate(
 ) -> dict[str, Any]:
     """:func:`iter_evaluate` with ``progress(done, total)`` and ``should_stop()`` callbacks."""
     return drive(iter_evaluate(store, calib, **kwargs), progress, should_stop)
-
-
-def mean_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean over images of every numeric metric, ignoring NaN/None; dicts keyed by N recurse."""
-    keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k != "index" and k not in keys]
-    out: dict[str, Any] = {}
-    for key in keys:
-        values = [row.get(key) for row in rows]
-        if any(isinstance(v, dict) for v in values):
-            out[key] = mean_metrics([v for v in values if isinstance(v, dict)])
-            continue
-        nums = [
-            float(v)
-            for v in values
-            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool | np.bool_)
-        ]
-        nums += [float(v) for v in values if isinstance(v, bool | np.bool_)]
-        nums = [v for v in nums if math.isfinite(v)]
-        out[key] = float(np.mean(nums)) if nums else None
-    return out
