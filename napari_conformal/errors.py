@@ -47,3 +47,10 @@ class Cancelled(Exception):
 
     Deliberately not a :class:`ConformalError`: cancelling is not a user error.
     """
+
+
+class StoreExistsError(ConformalError, FileExistsError):
+    """A writer was asked to create something (a store, its features) that already exists.
+
+    Also a :class:`FileExistsError`; pass ``overwrite=True`` to replace.
+    """
