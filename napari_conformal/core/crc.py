@@ -191,8 +191,11 @@ def lambda_hat_from_curves(
             f"lambda={lambdas[j + 1]:g}; conformal risk control needs losses non-increasing in lambda "
             "(use nested prediction sets)"
         )
-    # n/(n+1) R̂ + B/(n+1) ≤ α  ⇔  Σ_i L_i + B ≤ (n+1) α
-    ok = losses.sum(axis=0) + float(bound) <= (n + 1) * float(alpha)
+    # n/(n+1) R̂ + B/(n+1) ≤ α  ⇔  Σ_i L_i ≤ (n+1) α − B; the right side is
+    # formed exactly and rounded once, so integer loss sums (0/1 losses)
+    # compare exactly (a float (n+1)·α can land just below an integer)
+    budget = float((n + 1) * exact_fraction(alpha) - exact_fraction(bound))
+    ok = losses.sum(axis=0) <= budget
     if not ok.any():
         best = losses.mean(axis=0).min()
         raise LambdaMaxReachedError(
@@ -236,11 +239,13 @@ def order_statistic_lambda_hat(
         raise CalibrationError("per_image_lambda contains NaN")
     n = lam.size
     m = max_uncovered(n, alpha, bound)
-    k = n - m  # 1-indexed rank
+    # 1-indexed rank; m ≥ n (only possible for B > 1) lets every image stay
+    # uncovered, where the smallest λ_i is a valid (conservative) choice
+    k = max(n - m, 1)
     value = float(np.partition(lam, k - 1)[k - 1])
     limit = np.inf if lambda_max is None else float(lambda_max)
     if not np.isfinite(value) or value > limit:
-        n_bad = int(np.sum(~(lam <= limit)))
+        n_bad = int(np.sum(~(np.isfinite(lam) & (lam <= limit))))
         raise LambdaMaxReachedError(
             f"{n_bad} of {n} calibration images are not covered by any lambda up to lambda_max"
             f"{'' if lambda_max is None else '=' + format(limit, 'g')}, but at most {m} may be for "
@@ -251,7 +256,6 @@ def order_statistic_lambda_hat(
 
 def _risk_weights(nonconformity: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     values, weights = [], []
-    n = len(nonconformity)
     for i, r in enumerate(nonconformity):
         r = np.asarray(r, dtype=np.float64).ravel()
         if r.size == 0:
@@ -262,7 +266,9 @@ def _risk_weights(nonconformity: Sequence[np.ndarray]) -> tuple[np.ndarray, np.n
         if not np.all(np.isfinite(r)):
             raise CalibrationError(f"scores of calibration image {i} contain NaN or inf")
         values.append(r)
-        weights.append(np.full(r.size, 1.0 / (n * r.size)))
+        # weights in units of images (1/|Y_i|); divided by n only at the end so
+        # that sums of equal-size images (e.g. single pixels) stay exact
+        weights.append(np.full(r.size, 1.0 / r.size))
     return np.concatenate(values), np.concatenate(weights)
 
 
@@ -305,12 +311,14 @@ class ThresholdRiskCurve:
         r, w = _risk_weights(nonconformity)
         order = np.argsort(-r, kind="stable")
         r, w = r[order], w[order]
-        cum = np.cumsum(w)  # cum[j] = Σ weights of the j+1 largest scores
+        n = len(nonconformity)
+        cum = np.cumsum(w)  # cum[j] = Σ_i FNR contributions of the j+1 largest scores
         last = np.r_[np.nonzero(np.diff(r))[0], r.size - 1]  # last index of each tie group
         values = r[last]
-        # risk at λ = values[k] counts scores strictly greater than values[k]
-        risk = np.r_[0.0, cum[last[:-1]]]
-        return cls(values=values, risk=risk, n=len(nonconformity))
+        # risk at λ = values[k] counts scores strictly greater than values[k];
+        # one rounding of (loss sum)/n, the same as the target ((n+1)α − 1)/n
+        risk = np.r_[0.0, cum[last[:-1]]] / n
+        return cls(values=values, risk=risk, n=n)
 
     @classmethod
     def from_scores(cls, fg_scores: Sequence[np.ndarray]) -> ThresholdRiskCurve:
@@ -330,7 +338,10 @@ class ThresholdRiskCurve:
 
         Returns a value of the nonconformity scale: apply it as
         ``C = {p : 1 − S_p ≤ λ̂}`` (compute ``1 − S`` in float64, as here, so
-        that the comparison is bit-exact).
+        that the comparison is bit-exact). The risk comparison is exact when
+        every ``|Y_i|`` is a power of two (single-pixel foregrounds included,
+        where this is the split-CP order statistic); otherwise ``R̂`` carries
+        float64 round-off (~1e-16 relative).
         """
         target = adjusted_alpha(self.n, alpha, 1.0)
         k = int(np.searchsorted(self.risk, target, side="right")) - 1
