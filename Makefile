@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint sysdeps venv clean
+.PHONY: demo test lint docs sysdeps venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +32,15 @@ demo: $(STAMP)
 
 test: $(STAMP) sysdeps
 	$(VENV)/bin/ruff check napari_conformal tests benchmarks
+	$(VENV)/bin/mkdocs build --strict --quiet
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check napari_conformal tests benchmarks
 	$(VENV)/bin/ruff format --check napari_conformal tests benchmarks
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
