@@ -123,8 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _progress_printer(label: str, quiet: bool) -> Callable[[int, int], None]:
+    """Progress on stderr, only when stderr is a terminal (logs and pipes stay clean)."""
+    show = not quiet and sys.stderr.isatty()
+
     def report(done: int, total: int) -> None:
-        if quiet:
+        if not show:
             return
         end = "\n" if done >= total else ""
         print(f"\r{label}: {done}/{total}", end=end, file=sys.stderr, flush=True)
@@ -275,7 +278,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-conformal`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, usage errors (already printed)
+        return int(stop.code or 0)
     handlers = {"calibrate": cmd_calibrate, "evaluate": cmd_evaluate, "demo": cmd_demo}
     try:
         return handlers[args.command](args)
