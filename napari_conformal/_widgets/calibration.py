@@ -62,7 +62,7 @@ class CalibrationWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
-        from napari_conformal.core.method import available_methods, make_method
+        from napari_conformal.core.method import available_methods, method_class
 
         self.viewer = napari_viewer
         self.worker: Any = None
@@ -113,7 +113,7 @@ class CalibrationWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
 
-        self._make_method = make_method
+        self._method_class = method_class
         self.method_combo.currentIndexChanged.connect(self._method_changed)
         self._method_changed()
 
@@ -144,7 +144,7 @@ class CalibrationWidget(QWidget):
     def _method_changed(self) -> None:
         if self.method_combo.currentData() is None:
             return
-        method = self._make_method(self.method_combo.currentData(), alpha=0.1)
+        method = self._method_class(self.method_combo.currentData())
         self.nu_spin.setEnabled(method.uses_nu)
         self.k_spin.setEnabled(method.uses_k or self.method_combo.currentData() == "rwcp")
 
@@ -164,7 +164,7 @@ class CalibrationWidget(QWidget):
     def request(self) -> dict[str, Any]:
         """The calibration request the inputs describe (no I/O)."""
         name = self.method_combo.currentData()
-        method = self._make_method(name, alpha=0.1)
+        method = self._method_class(name)
         params: dict[str, Any] = {}
         if self.device_combo.currentText() != "auto":
             params["device"] = self.device_combo.currentText()
@@ -198,7 +198,7 @@ class CalibrationWidget(QWidget):
         except (ConformalError, OSError) as exc:
             self._error(exc)
             return
-        gen_fn = thread_worker(iter_calibrate, start_thread=False)
+        gen_fn = thread_worker(iter_calibrate, start_thread=False, ignore_errors=True)  # errors: see _error
         worker = gen_fn(
             store,
             req["method"],

@@ -129,15 +129,20 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_method(name: str, **kwargs: Any) -> ConformalMethod:
-    """Create a registered method by name, e.g. ``make_method("crc", alpha=0.1)``."""
+def method_class(name: str) -> type[ConformalMethod]:
+    """The class registered as ``name`` (its class attributes say what the method uses)."""
     _load_builtin()
     try:
-        cls = _REGISTRY[name]
+        return _REGISTRY[name]  # type: ignore[return-value]
     except KeyError:
         raise ConformalError(
             f"unknown method {name!r}; choose one of {', '.join(sorted(_REGISTRY))}"
         ) from None
+
+
+def make_method(name: str, **kwargs: Any) -> ConformalMethod:
+    """Create a registered method by name, e.g. ``make_method("crc", alpha=0.1)``."""
+    cls = method_class(name)
     import inspect
 
     sig = inspect.signature(cls.__init__)

@@ -1,0 +1,118 @@
+"""GUI tests of the calibration dock in a real napari viewer (under Xvfb via pytest-xvfb)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_conformal.api import calibrate
+from napari_conformal.io.indices import random_split
+from napari_conformal.io.store import create_store, open_store
+
+pytestmark = pytest.mark.gui
+
+
+def _binary_store(path: Path, n: int, shape=(20, 20), seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    grids = np.indices(shape)
+    images, samples, labels = [], [], []
+    for _ in range(n):
+        centre = rng.uniform(6, np.array(shape) - 6)
+        dist = np.sqrt(sum((g - c) ** 2 for g, c in zip(grids, centre, strict=True))) - rng.uniform(3, 5)
+        fg = 1 / (1 + np.exp(dist[None] / 1.5 + rng.normal(0, 1, size=(3, *shape))))
+        samples.append(np.stack([1 - fg, fg], axis=1).astype(np.float32))
+        labels.append((dist <= 0).astype(np.int64))
+        images.append(rng.normal(size=shape).astype(np.float32))
+    create_store(path, np.stack(images), np.stack(samples), np.stack(labels), label_names=["bg", "fg"])
+    return path
+
+
+@pytest.fixture
+def widget(make_napari_viewer, qtbot):
+    from napari_conformal._widgets.calibration import CalibrationWidget
+
+    viewer = make_napari_viewer(show=True)
+    w = CalibrationWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    return w
+
+
+def _choose(w, store: Path, method: str, alpha: float, fraction: float = 0.5, seed: int = 0) -> None:
+    w.store_edit.setText(str(store))
+    w.method_combo.setCurrentIndex(w.method_combo.findData(method))
+    w.alpha_spin.setValue(alpha)
+    w.fraction_spin.setValue(fraction)
+    w.seed_spin.setValue(seed)
+
+
+def test_run_calibration_matches_core_and_adds_layers_with_provenance(widget, qtbot, tmp_path):
+    store_path = _binary_store(tmp_path / "s.zarr", n=24)
+    _choose(widget, store_path, "crc", alpha=0.2)
+    widget.run()
+    assert widget.run_button.text() == "Cancel"
+    assert not widget.alpha_spin.isEnabled()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert widget.alpha_spin.isEnabled() and widget.run_button.text() == "Run calibration"
+
+    store = open_store(store_path)
+    cal, test = random_split(store.n_images, 0.5, 0)
+    expected = calibrate(store, "crc", alpha=0.2, cal_indices=cal)
+    assert widget.calibration is not None
+    assert widget.calibration["lambda_hat"] == expected["lambda_hat"]
+    assert widget.calibration["cal_indices"] == cal
+
+    layers = widget.viewer.layers
+    assert len(layers) == 2
+    set_layer = layers[-1]
+    prov = set_layer.metadata["napari_conformal"]
+    assert prov["method"] == "crc" and prov["alpha"] == 0.2 and prov["lambda_hat"] == expected["lambda_hat"]
+    assert prov["image_index"] == test[0] and prov["n"] == len(cal)
+    fg = store.samples(test[0])[:, 1].mean(axis=0)
+    assert np.array_equal(
+        set_layer.data.astype(bool), (1.0 - fg.astype(np.float64)) <= expected["lambda_hat"]
+    )
+
+
+def test_cancel_leaves_no_partial_result(widget, qtbot, tmp_path):
+    store_path = _binary_store(tmp_path / "big.zarr", n=400, shape=(48, 48))
+    _choose(widget, store_path, "crc", alpha=0.1, fraction=0.9)
+    widget.run()
+    worker = widget.worker
+    worker.yielded.connect(lambda _step: widget.cancel())  # cancel at the first progress report
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert widget.calibration is None
+    assert len(widget.viewer.layers) == 0
+    assert "cancelled" in widget.status.text()
+    assert widget.alpha_spin.isEnabled()
+
+
+def test_bad_store_notifies_and_changes_nothing(widget, qtbot, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    seen: list[str] = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(str(n.message)))
+    not_a_store = tmp_path / "plain"
+    not_a_store.mkdir()
+    (not_a_store / "file.txt").write_text("hello")
+    _choose(widget, not_a_store, "crc", alpha=0.1)
+    widget.run()
+    assert widget.worker is None
+    assert widget.calibration is None and len(widget.viewer.layers) == 0
+    assert any("napari-conformal" in m for m in seen), seen
+    assert widget.status.text().startswith("Error")
+    assert sorted(p.name for p in not_a_store.iterdir()) == ["file.txt"]
+
+
+def test_calibration_error_from_worker_becomes_notification(widget, qtbot, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    seen: list[str] = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(str(n.message)))
+    store_path = _binary_store(tmp_path / "small.zarr", n=8)
+    _choose(widget, store_path, "crc", alpha=0.02)  # n = 4 calibration images is too few for α = 0.02
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert widget.calibration is None and len(widget.viewer.layers) == 0
+    assert any("too few calibration images" in m for m in seen), seen
