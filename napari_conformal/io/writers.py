@@ -1,0 +1,255 @@
+"""napari writers (npe2 ``writers`` contributions): result layers with provenance, calibration records.
+
+* ``.npz`` — members ``data`` (the layer data, dtype kept) and ``__napari_conformal__`` (a 0-d
+  unicode array holding the JSON layer header of :mod:`napari_conformal.io.provenance`: layer type,
+  name, shape, dtype, scale, translate and ``metadata["napari_conformal"]``). Compressed; no
+  pickles: both members load with ``np.load(..., allow_pickle=False)``.
+* ``.tif`` / ``.tiff`` — the data as (zlib-compressed) TIFF pages, the same JSON header as the
+  ImageDescription of the first page. Boolean data is stored as uint8.
+* ``.json`` — the calibration record carried by a result layer (``CALIB.json`` of SPEC §4).
+
+Every file is written to a temporary sibling (``.<name>.partial-<random>``), flushed to disk and
+renamed over the target with :func:`os.replace`, so an interrupted export leaves either the old
+file or the complete new one. A target without one of the writer's suffixes gets the default
+suffix appended; the functions return the list of paths written, as npe2 expects.
+
+Reading a written ``.npz`` / ``.tif`` back with :mod:`napari_conformal.io.readers` restores the
+layer type, name, scale, translate and provenance. Multiscale layers are written at full
+resolution (level 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from napari_conformal.errors import ConformalError
+from napari_conformal.io.provenance import dumps_header, get_provenance, layer_header, to_jsonable
+
+__all__ = [
+    "CALIBRATION_KEYS",
+    "atomic_file",
+    "calibration_record",
+    "write_calibration",
+    "write_calibration_json",
+    "write_image_npz",
+    "write_image_tiff",
+    "write_labels_npz",
+    "write_labels_tiff",
+    "write_layer_npz",
+    "write_layer_tiff",
+]
+
+#: Keys a calibration record must have to be written as ``CALIB.json``.
+CALIBRATION_KEYS = ("method", "alpha", "lambda_hat")
+_HEADER_MEMBER = "__napari_conformal__"  # same name as readers.HEADER_MEMBER (import kept light)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """Open a temporary sibling of ``path`` for binary writing; rename it to ``path`` on success.
+
+    On any exception inside the block the temporary file is removed and an existing ``path`` is
+    left untouched. The data is flushed and fsync'ed before the rename.
+
+    Raises
+    ------
+    ConformalError
+        ``path`` is a directory or its folder does not exist.
+    """
+    target = Path(os.fspath(path))
+    if target.is_dir():
+        raise ConformalError(f"cannot write {target}: it is a directory")
+    if not target.parent.is_dir():
+        raise ConformalError(f"cannot write {target}: the folder {target.parent} does not exist")
+    tmp = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:12]}")
+    try:
+        with open(tmp, "xb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _with_suffix(path: str | os.PathLike[str], suffixes: tuple[str, ...]) -> Path:
+    p = Path(os.fspath(path))
+    if p.is_dir():
+        raise ConformalError(f"cannot write {p}: it is a directory")
+    if p.suffix.lower() in suffixes:
+        return p
+    return p.with_name(p.name + suffixes[0])
+
+
+def _layer_array(data: Any, attributes: Mapping[str, Any] | None) -> np.ndarray:
+    """The layer data as a numpy array (level 0 of a multiscale layer)."""
+    if (attributes or {}).get("multiscale"):
+        data = data[0]
+    try:
+        arr = np.asarray(data)
+    except (TypeError, ValueError) as exc:
+        raise ConformalError(f"cannot convert the layer data to an array: {exc}") from None
+    if arr.dtype.hasobject or arr.dtype.kind not in "biuf":
+        raise ConformalError(f"layer data of dtype {arr.dtype} cannot be written; expected numbers")
+    if arr.ndim == 0:
+        raise ConformalError("layer data is a scalar; expected an image or a volume")
+    return arr
+
+
+def _check_layer_type(layer_type: str) -> None:
+    if layer_type not in ("image", "labels"):
+        raise ConformalError(f"layer_type must be 'image' or 'labels', got {layer_type!r}")
+
+
+def write_layer_npz(
+    path: str | os.PathLike[str], data: Any, layer_type: str, attributes: Mapping[str, Any] | None = None
+) -> str:
+    """Write one image or labels layer with its provenance header to a ``.npz`` file.
+
+    Parameters
+    ----------
+    path : path-like
+        Target; ``.npz`` is appended when missing.
+    data : array-like
+        Layer data, any shape (e.g. ``(Z, Y, X)``); dtype kept.
+    layer_type : {"image", "labels"}
+        napari layer type, restored by the reader.
+    attributes : mapping, optional
+        Layer attributes as napari hands them to writers (``name``, ``scale``, ``translate``,
+        ``metadata`` with the ``"napari_conformal"`` provenance, ``multiscale``).
+
+    Returns
+    -------
+    str
+        The path written.
+    """
+    _check_layer_type(layer_type)
+    arr = _layer_array(data, attributes)
+    header = layer_header(layer_type, arr.shape, arr.dtype, attributes)
+    target = _with_suffix(path, (".npz",))
+    with atomic_file(target) as fh:
+        np.savez_compressed(fh, data=arr, **{_HEADER_MEMBER: np.array(dumps_header(header))})
+    return str(target)
+
+
+def write_layer_tiff(
+    path: str | os.PathLike[str], data: Any, layer_type: str, attributes: Mapping[str, Any] | None = None
+) -> str:
+    """Write one image or labels layer to TIFF with its provenance header as ImageDescription.
+
+    Parameters are those of :func:`write_layer_npz`; ``.tif`` is appended when the target has
+    neither ``.tif`` nor ``.tiff``. RGB(A) image layers (``attributes["rgb"]``) are written as RGB
+    TIFF, everything else as grey pages (the header keeps the full shape).
+
+    Returns
+    -------
+    str
+        The path written.
+    """
+    import tifffile
+
+    _check_layer_type(layer_type)
+    arr = _layer_array(data, attributes)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    header = layer_header(layer_type, arr.shape, arr.dtype, attributes)
+    rgb = layer_type == "image" and bool((attributes or {}).get("rgb")) and arr.shape[-1] in (3, 4)
+    target = _with_suffix(path, (".tif", ".tiff"))
+    with atomic_file(target) as fh:
+        tifffile.imwrite(
+            fh,
+            arr,
+            description=dumps_header(header),
+            metadata=None,
+            photometric="rgb" if rgb else "minisblack",
+            compression="zlib",
+        )
+    return str(target)
+
+
+def write_labels_npz(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer: a labels layer to ``.npz`` (see :func:`write_layer_npz`)."""
+    return [write_layer_npz(path, data, "labels", attributes)]
+
+
+def write_image_npz(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer: an image layer to ``.npz`` (see :func:`write_layer_npz`)."""
+    return [write_layer_npz(path, data, "image", attributes)]
+
+
+def write_labels_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer: a labels layer to TIFF (see :func:`write_layer_tiff`)."""
+    return [write_layer_tiff(path, data, "labels", attributes)]
+
+
+def write_image_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer: an image layer to TIFF (see :func:`write_layer_tiff`)."""
+    return [write_layer_tiff(path, data, "image", attributes)]
+
+
+def calibration_record(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The calibration record a layer carries in ``metadata["napari_conformal"]``.
+
+    A complete record under the ``"calibration"`` key (what ``napari-conformal calibrate``
+    writes) wins; otherwise the provenance itself, when it names method, α and λ̂.
+
+    Raises
+    ------
+    ConformalError
+        The layer has no napari-conformal provenance, or it is not a calibration result.
+    """
+    attributes = attributes or {}
+    name = attributes.get("name") or "the layer"
+    prov = get_provenance(attributes.get("metadata"))
+    if prov is None:
+        raise ConformalError(
+            f"{name!s} has no napari-conformal provenance, so there is no calibration to save"
+        )
+    record = prov.get("calibration")
+    if isinstance(record, Mapping):
+        record = dict(record)
+    else:
+        record = prov
+    missing = [k for k in CALIBRATION_KEYS if k not in record]
+    if missing:
+        raise ConformalError(
+            f"{name!s} is not a calibration result: its provenance lacks {', '.join(missing)}"
+        )
+    return record
+
+
+def write_calibration(path: str | os.PathLike[str], record: Mapping[str, Any]) -> str:
+    """Write a calibration record as indented JSON (``.json`` appended when missing).
+
+    Non-finite numbers become ``null``; numpy values become plain JSON numbers.
+
+    Raises
+    ------
+    ConformalError
+        The record lacks ``method``, ``alpha`` or ``lambda_hat``, or holds values with no JSON form.
+    """
+    if not isinstance(record, Mapping):
+        raise ConformalError(f"a calibration record must be a dict, got {type(record).__name__}")
+    missing = [k for k in CALIBRATION_KEYS if k not in record]
+    if missing:
+        raise ConformalError(f"the calibration record lacks {', '.join(missing)}")
+    text = json.dumps(to_jsonable(dict(record), where="calibration"), indent=2, allow_nan=False) + "\n"
+    target = _with_suffix(path, (".json",))
+    with atomic_file(target) as fh:
+        fh.write(text.encode("utf-8"))
+    return str(target)
+
+
+def write_calibration_json(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer: the layer's calibration record to ``.json`` (data not written)."""
+    del data  # the record lives in the metadata; the pixels are not part of CALIB.json
+    return [write_calibration(path, calibration_record(attributes))]
