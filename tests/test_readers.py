@@ -507,3 +507,33 @@ def test_bad_samples_give_clear_errors(tmp_path, values, match):
         path = tmp_path / "bad_samples.npz"
     with pytest.raises(ConformalError, match=match):
         read_samples(path)
+
+
+# ------------------------------------------------------------------------------------------ manifest
+
+
+def test_manifest_contributes_readers_writers_and_sample_data():
+    from pathlib import Path
+
+    from npe2 import PluginManifest
+
+    import napari_conformal
+
+    manifest = PluginManifest.from_file(Path(napari_conformal.__file__).parent / "napari.yaml")
+    contrib = manifest.contributions
+    readers = {r.command: r for r in contrib.readers}
+    assert set(readers) == {
+        "napari-conformal.get_store_reader",
+        "napari-conformal.get_samples_reader",
+        "napari-conformal.get_volume_reader",
+    }
+    assert all(r.accepts_directories for r in readers.values())  # stores and zarr arrays are folders
+    patterns = readers["napari-conformal.get_volume_reader"].filename_patterns
+    assert {"*.tif", "*.tiff", "*.nii", "*.nii.gz", "*.npy", "*.npz"} <= set(patterns)
+    writers = {(w.command, tuple(w.layer_types)): w.filename_extensions for w in contrib.writers}
+    assert writers[("napari-conformal.write_labels_npz", ("labels",))] == [".npz"]
+    assert writers[("napari-conformal.write_image_tiff", ("image",))] == [".tif", ".tiff"]
+    assert writers[("napari-conformal.write_calibration_json", ("labels",))] == [".json"]
+    assert {s.key for s in contrib.sample_data} == {"hippocampus", "brain-mri", "nuclei"}
+    widgets = [(w.command, w.display_name) for w in contrib.widgets]
+    assert ("napari-conformal.calibration_widget", "Conformal calibration") in widgets
