@@ -140,3 +140,13 @@ def test_lowrank_nested_order() -> None:
 def test_errors(call, match: str) -> None:
     with pytest.raises(ConformalError, match=match):
         call()
+
+
+@pytest.mark.parametrize("layout", ["nested", "adjacent"])
+@pytest.mark.parametrize("shape", [(8, 8), (12, 12, 12)])
+def test_lowrank_small_grids(shape, layout):
+    """Grids below 15 pixels used to leave no room for a centre (numpy 'high - low < 0')."""
+    _, samples, labels = lowrank_multiclass_dataset(4, shape, n_classes=3, layout=layout, seed=1)
+    assert samples.shape == (4, 20, 3, *shape)
+    assert np.allclose(samples.sum(axis=2), 1.0, atol=1e-5)
+    assert labels.min() >= 0 and labels.max() <= 2

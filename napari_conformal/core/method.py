@@ -115,7 +115,7 @@ def _load_builtin() -> None:
     # napari_conformal.core stays cheap
     import importlib
 
-    for mod in ("crc_method", "consign", "pixelwise", "rwcp", "consema"):
+    for mod in ("crc_method", "consign", "pixelwise", "sacp", "rwcp", "consema"):
         try:
             importlib.import_module(f"napari_conformal.core.{mod}")
         except ModuleNotFoundError as exc:

@@ -272,7 +272,8 @@ def lowrank_multiclass_dataset(
     expand = (-1,) + (1,) * d
     logits = np.zeros((n, n_classes, *shape))
     if layout == "nested":
-        radii = rng.uniform(0.22, 0.4, size=(n, d)) * size
+        # clipped so that a centre range exists on small grids (a no-op from 15 pixels up)
+        radii = np.minimum(rng.uniform(0.22, 0.4, size=(n, d)) * size, (size - 3.0) / 2.0)
         centres = rng.uniform(radii + 1.0, size - 2.0 - radii)
         rho = _ellipse_rho(centres, radii, shape)
         rbar = radii.mean(axis=1).reshape(expand)
@@ -288,6 +289,7 @@ def lowrank_multiclass_dataset(
         for l in range(1, n_classes):
             r = rng.uniform(0.2, 0.4, size=(n, d)) * size
             r[:, -1] = rng.uniform(0.25, 0.42, size=n) * band
+            r = np.minimum(r, (size - 3.0) / 2.0)
             c = rng.uniform(r + 1.0, size - 2.0 - r)
             c[:, -1] = (l - 0.5) * band + rng.uniform(-0.05, 0.05, size=n) * band
             psi = (1.0 - _ellipse_rho(c, r, shape)) * r.mean(axis=1).reshape(expand)
