@@ -1,0 +1,233 @@
+"""The RW-CP method (core/rwcp.py): pipeline, exact λ̂, parameters and bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_conformal.core.crc_method import CRCMethod
+from napari_conformal.core.diffusion import diffuse
+from napari_conformal.core.features import check_features
+from napari_conformal.core.graph import transition_matrix
+from napari_conformal.core.method import available_methods, make_method
+from napari_conformal.core.rwcp import RWCPMethod
+from napari_conformal.core.synthetic import binary_blobs_dataset
+from napari_conformal.errors import (
+    CalibrationError,
+    Cancelled,
+    ConformalError,
+    InsufficientCalibrationError,
+)
+
+
+def pooled_features(image: np.ndarray) -> np.ndarray:
+    """A cheap deterministic extractor: 2×2 block means of intensity and its square, plus a constant."""
+    y, x = image.shape
+    blocks = image[: y - y % 2, : x - x % 2].reshape(y // 2, 2, x // 2, 2).mean(axis=(1, 3))
+    return np.stack([blocks, blocks**2, np.ones_like(blocks)])
+
+
+def _method(**kw) -> RWCPMethod:
+    kw.setdefault("features", pooled_features)
+    kw.setdefault("device", "cpu")
+    return RWCPMethod(kw.pop("alpha", 0.2), **kw)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    return binary_blobs_dataset(12, (16, 16), n_samples=3, seed=11)
+
+
+def test_registered_and_defaults():
+    assert "rwcp" in available_methods()
+    m = make_method("rwcp", alpha=0.1, k=None)
+    assert isinstance(m, RWCPMethod)
+    assert (m.k, m.rw_beta, m.n_step, m.fg_class, m.device) == (20, 50.0, 10, 1, "auto")
+    assert m.extractor.name == "efficientnet-lite0"
+
+
+def test_params_rebuild_the_method():
+    m = make_method("rwcp", alpha=0.1, k=7, rw_beta=5.0, n_step=3, features="multiscale", grid_stride=2)
+    again = make_method("rwcp", alpha=0.1, k=m.k, **m.params())
+    assert again.params() == m.params() and again.k == 7
+    assert m.params()["features"] == "multiscale" and m.params()["grid_stride"] == 2
+
+
+def test_prepare_equals_the_pipeline_by_hand(blobs):
+    images, samples, _ = blobs
+    m = _method(k=6, rw_beta=10.0, n_step=4)
+    prepared = m.prepare(images[0], samples[0])
+    fmap = check_features(pooled_features(images[0]), images[0].shape)
+    matrix = transition_matrix(fmap.nodes(), 6, 10.0, device="cpu")
+    by_hand = diffuse(matrix, samples[0, :, 1].astype(np.float64).mean(axis=0), fmap.grid_shape, 4)
+    np.testing.assert_array_equal(prepared.score, by_hand.final.astype(np.float64))
+    d = prepared.extras["diffusion"]
+    assert d.n_step == 4 and d.grid_shape == (8, 8) and d.all_steps().shape == (5, 16, 16)
+    np.testing.assert_allclose(prepared.base, samples[0, :, 1].mean(axis=0), rtol=1e-6)
+    assert not prepared.score.flags.writeable
+
+
+def test_precomputed_features_give_the_same_map(blobs):
+    images, samples, _ = blobs
+    m = _method(k=5)
+    a = m.prepare(images[1], samples[1])
+    b = m.prepare(None, samples[1], features=pooled_features(images[1]))
+    np.testing.assert_array_equal(a.score, b.score)
+    fm = m.compute_features(images[1])
+    c = m.prepare(images[1], samples[1], features=fm)
+    np.testing.assert_array_equal(a.score, c.score)
+
+
+def test_no_diffusion_at_full_resolution_is_crc(blobs):
+    """n_step = 0 on the image grid: S⁽ⁿ⁾ = S⁽⁰⁾ up to float32 rounding, so λ̂ matches CRC."""
+    images, samples, labels = blobs
+
+    def full_grid(image):
+        return np.stack([image, np.ones_like(image)])
+
+    rw = _method(features=full_grid, n_step=0, k=3)
+    crc = CRCMethod(0.2)
+    rw_prep = [rw.prepare(images[i], samples[i]) for i in range(12)]
+    crc_prep = [crc.prepare(images[i], samples[i]) for i in range(12)]
+    for a, b in zip(rw_prep, crc_prep, strict=True):
+        np.testing.assert_allclose(a.score, b.score, atol=1e-7)
+    lam_rw = rw.lambda_hat([rw.curve(p, labels[i]) for i, p in enumerate(rw_prep)])
+    lam_crc = crc.lambda_hat([crc.curve(p, labels[i]) for i, p in enumerate(crc_prep)])
+    assert lam_rw == pytest.approx(lam_crc, abs=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.2, 0.35])
+def test_lambda_hat_matches_brute_force(blobs, alpha):
+    """λ̂ = the smallest candidate λ whose sets satisfy n/(n+1)·R̂ + 1/(n+1) ≤ α, by direct search."""
+    images, samples, labels = blobs
+    m = _method(k=5, rw_beta=20.0, n_step=5, alpha=alpha)
+    prepared = [m.prepare(images[i], samples[i]) for i in range(12)]
+    lam = m.lambda_hat([m.curve(p, labels[i]) for i, p in enumerate(prepared)])
+    # the risk only changes at values 1 − S_p of ground-truth pixels; also try 0
+    candidates = np.unique(
+        np.concatenate([[0.0]] + [1.0 - p.score[labels[i] == 1] for i, p in enumerate(prepared)])
+    )
+    n = len(prepared)
+    best = None
+    for c in candidates:
+        fnr = [1 - np.mean(m.predict(p, c)[labels[i] == 1]) for i, p in enumerate(prepared)]
+        if n / (n + 1) * np.mean(fnr) + 1 / (n + 1) <= alpha + 1e-12:
+            best = c
+            break
+    assert best is not None
+    assert lam == pytest.approx(best, abs=1e-12)
+    # the set at λ̂ is what evaluate measures
+    metrics = m.evaluate(prepared[0], labels[0], lam)
+    cov = np.mean(m.predict(prepared[0], lam)[labels[0] == 1])
+    assert metrics["coverage"] == pytest.approx(cov)
+
+
+def test_alpha_is_live_after_calibration(blobs):
+    images, samples, labels = blobs
+    m = _method(k=5)
+    curves = [m.curve(m.prepare(images[i], samples[i]), labels[i]) for i in range(12)]
+    lams = [m.lambda_hat(curves, alpha=a) for a in (0.4, 0.3, 0.2, 0.1)]
+    assert lams == sorted(lams)  # smaller α → larger sets
+
+
+def test_multiclass_one_vs_rest():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3, 12, 12))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    m = _method(fg_class=2, n_step=0, features=lambda im: np.stack([im, np.ones_like(im)]), k=2)
+    prep = m.prepare(rng.normal(size=(12, 12)), probs)
+    np.testing.assert_allclose(prep.score, probs[:, 2].mean(axis=0), atol=1e-6)
+    label = np.zeros((12, 12), dtype=int)
+    label[3:6, 3:6] = 2
+    label[0, 0] = 1  # class 1 is background for this method
+    assert m.curve(prep, label).shape == (9,)
+
+
+def test_3d_volume_end_to_end():
+    images, samples, labels = binary_blobs_dataset(3, (8, 12, 10), n_samples=2, seed=3)
+    m = make_method("rwcp", alpha=0.5, k=4, features="multiscale", grid_stride=2, device="cpu", n_step=3)
+    prep = [m.prepare(images[i], samples[i]) for i in range(3)]
+    assert prep[0].extras["grid_shape"] == (4, 6, 5) and prep[0].score.shape == (8, 12, 10)
+    lam = m.lambda_hat([m.curve(p, labels[i]) for i, p in enumerate(prep)])
+    assert m.predict(prep[0], lam).shape == (8, 12, 10)
+
+
+def test_progress_and_cancel(blobs):
+    images, samples, _ = blobs
+    m = _method(k=4, n_step=3)
+    seen = []
+    m.prepare(images[0], samples[0], progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (300, 300) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    with pytest.raises(Cancelled):
+        m.prepare(images[0], samples[0], should_stop=lambda: True)
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def test_empty_ground_truth(blobs):
+    images, samples, _ = blobs
+    m = _method()
+    prep = m.prepare(images[0], samples[0])
+    with pytest.raises(CalibrationError, match="empty foreground"):
+        m.curve(prep, np.zeros((16, 16), dtype=int))
+
+
+def test_shape_mismatches(blobs):
+    images, samples, labels = blobs
+    m = _method()
+    with pytest.raises(ConformalError, match="does not match"):
+        m.prepare(images[0][:15], samples[0])
+    prep = m.prepare(images[0], samples[0])
+    with pytest.raises(ConformalError, match="spatial shape"):
+        m.curve(prep, labels[0][:, :15])
+    with pytest.raises(ConformalError, match="needs the image"):
+        m.prepare(None, samples[0])
+
+
+def test_too_few_calibration_images(blobs):
+    images, samples, labels = blobs
+    m = _method(alpha=0.05)  # needs n ≥ 19
+    curves = [m.curve(m.prepare(images[i], samples[i]), labels[i]) for i in range(5)]
+    with pytest.raises(InsufficientCalibrationError, match="n >= B/alpha - 1 = 19"):
+        m.lambda_hat(curves)
+
+
+def test_feature_grid_mismatch(blobs):
+    images, samples, _ = blobs
+    m = _method()
+    with pytest.raises(ConformalError, match="spatial axes"):
+        m.prepare(images[0], samples[0], features=np.ones((3, 8, 8, 2)))
+    with pytest.raises(ConformalError, match="coarser"):
+        m.prepare(images[0], samples[0], features=np.ones((3, 32, 8)))
+    fm = check_features(np.ones((2, 4, 4)), (12, 12))
+    with pytest.raises(ConformalError, match="computed for an image of shape"):
+        m.prepare(images[0], samples[0], features=fm)
+    with pytest.raises(ConformalError, match="k=20"):  # 2×2 grid: 3 candidates
+        RWCPMethod(0.2, device="cpu", features=pooled_features).prepare(
+            images[0], samples[0], features=np.ones((2, 2, 2))
+        )
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"k": 0}, "k"),
+        ({"rw_beta": float("nan")}, "rw_beta"),
+        ({"n_step": -1}, "n_step"),
+        ({"features": "vgg"}, "unknown feature extractor"),
+        ({"fg_class": -1}, "fg_class"),
+        ({"alpha": 1.5}, "alpha"),
+    ],
+)
+def test_bad_parameters(kw, match):
+    with pytest.raises(ConformalError, match=match):
+        _method(**kw)
+
+
+def test_bad_device(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConformalError, match="no CUDA GPU"):
+        make_method("rwcp", alpha=0.1, device="cuda:0")
