@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="open napari with the plugin's widgets")
     demo.add_argument("--screenshot", help="save a PNG of the window and exit")
+    _add_report_parser(sub)
     return parser
 
 
@@ -275,6 +276,133 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(screenshot=args.screenshot)
 
 
+# -- report subcommand (issue 7; the work is in napari_conformal.report) ---------------------------
+
+
+def _comma_list(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    """argparse type for a comma list such as ``0.2,0.1,0.05``."""
+
+    def parse(text: str) -> list[Any]:
+        items = [t.strip() for t in text.split(",")]
+        if not items or any(not t for t in items):
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return [kind(t) for t in items]
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _add_report_parser(sub: Any) -> None:
+    rep = sub.add_parser(
+        "report",
+        help="repeated random calibration/test splits for several methods: an HTML page with figures",
+    )
+    rep.add_argument("store", help="path of the dataset store (with labels)")
+    rep.add_argument("--methods", required=True, type=_comma_list(str), help="e.g. 'crc,consema,rwcp'")
+    rep.add_argument("--alpha", required=True, type=_comma_list(_probability), help="e.g. '0.2,0.1,0.05'")
+    rep.add_argument("--nu", type=_probability, help="label-wise accuracy ν (consign and pixel-wise methods)")
+    rep.add_argument("--k", type=_positive_int, help="principal components K (consign)")
+    rep.add_argument("--splits", type=_positive_int, default=5, help="random splits (default 5)")
+    size = rep.add_mutually_exclusive_group()
+    size.add_argument(
+        "--cal-fraction", type=_probability, help="fraction of images that calibrate (default 0.5)"
+    )
+    size.add_argument("--n-cal", type=_positive_int, help="number of images that calibrate")
+    rep.add_argument(
+        "--seed", type=int, default=0, help="seed of the splits and of sampled members (default 0)"
+    )
+    rep.add_argument(
+        "--n-samples",
+        type=_comma_list(_positive_int),
+        default=[10, 50, 100, 500, 1000],
+        help="sampled members N for chao1/sec/correlation (default 10,50,100,500,1000)",
+    )
+    rep.add_argument(
+        "--diversity-alpha",
+        type=_comma_list(_probability),
+        help="the α at which members are sampled (default: the α closest to 0.1)",
+    )
+    rep.add_argument("--features", help="rwcp feature extractor (efficientnet-lite0, multiscale, dinov2, …)")
+    rep.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="[METHOD.]NAME=VALUE",
+        help="a method parameter (repeatable), e.g. -o rwcp.grid_stride=2 or -o fg_class=2 (every method)",
+    )
+    rep.add_argument("--false-alarm", type=_probability, default=0.01, help="per-split band false alarm")
+    rep.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default auto)")
+    rep.add_argument("--scheduler", help="run per-image work on dask.distributed: 'local' or an address")
+    rep.add_argument("--out", required=True, help="output directory (index.html, results.json, PNGs)")
+    rep.add_argument("--overwrite", action="store_true", help="replace an earlier report at --out")
+    rep.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+
+
+def _progress_bar(label: str, quiet: bool, width: int = 30) -> Callable[[int, int], None]:
+    """A text progress bar on stderr, only when stderr is a terminal."""
+    show = not quiet and sys.stderr.isatty()
+
+    def report(done: int, total: int) -> None:
+        if not show or total <= 0:
+            return
+        filled = int(width * done / total)
+        bar = "#" * filled + "." * (width - filled)
+        end = "\n" if done >= total else ""
+        print(
+            f"\r{label} [{bar}] {100 * done / total:3.0f}% {done}/{total}",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return report
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from napari_conformal.report import build_report, check_report_target, method_params, write_report
+
+    check_report_target(args.out, args.overwrite)  # fail before any work
+    options = list(args.option)
+    if args.features is not None:
+        options.append(("features", args.features))
+    if args.device and args.device != "auto":
+        options.append(("device", args.device))
+    params = method_params(args.methods, options)
+    store = _open_store(args.store)
+    results = build_report(
+        store,
+        args.methods,
+        args.alpha,
+        nu=args.nu,
+        k=args.k,
+        splits=args.splits,
+        cal_fraction=args.cal_fraction,
+        n_cal=args.n_cal,
+        seed=args.seed,
+        n_samples=args.n_samples,
+        diversity_alphas=args.diversity_alpha,
+        params=params,
+        false_alarm=args.false_alarm,
+        scheduler=args.scheduler,
+        progress=_progress_bar("report", args.quiet),
+    )
+    out = write_report(results, args.out, overwrite=args.overwrite)
+    if not args.quiet:
+        print(f"wrote {out / 'index.html'} and {out / 'results.json'}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-conformal`` console script; returns the exit status."""
     parser = build_parser()
@@ -282,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, --version, usage errors (already printed)
         return int(stop.code or 0)
-    handlers = {"calibrate": cmd_calibrate, "evaluate": cmd_evaluate, "demo": cmd_demo}
+    handlers = {"calibrate": cmd_calibrate, "evaluate": cmd_evaluate, "demo": cmd_demo, "report": cmd_report}
     try:
         return handlers[args.command](args)
     except ConformalError as exc:
