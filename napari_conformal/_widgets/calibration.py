@@ -1,9 +1,14 @@
 """Calibration dock: pick a store and a method, run calibration in a background worker.
 
 The widget only gathers inputs and draws results. The work is
-:func:`napari_conformal.api.iter_calibrate`, a generator that yields progress
-after each image; a napari thread worker drives it, so the UI never blocks and
-Cancel (``worker.quit()``) stops between two images with no partial result.
+:func:`napari_conformal.api.iter_calibrate` (through
+:func:`napari_conformal.explore.calibrated.iter_calibrate_keeping_curves`, which
+also keeps the calibration curves), a generator that yields progress after each
+image; a napari thread worker drives it, so the UI never blocks and Cancel
+(``worker.quit()``) stops between two images with no partial result. The result
+is published into the viewer's shared workspace
+(:class:`napari_conformal.explore.workspace.Workspace`), where the explorer
+docks pick it up.
 """
 
 from __future__ import annotations
@@ -184,8 +189,8 @@ class CalibrationWidget(QWidget):
         from napari.qt.threading import thread_worker
         from napari.utils import progress
 
-        from napari_conformal.api import iter_calibrate
         from napari_conformal.errors import ConformalError
+        from napari_conformal.explore.calibrated import iter_calibrate_keeping_curves
         from napari_conformal.io.indices import random_split
         from napari_conformal.io.store import open_store
 
@@ -198,7 +203,9 @@ class CalibrationWidget(QWidget):
         except (ConformalError, OSError) as exc:
             self._error(exc)
             return
-        gen_fn = thread_worker(iter_calibrate, start_thread=False, ignore_errors=True)  # errors: see _error
+        gen_fn = thread_worker(  # errors: see _error
+            iter_calibrate_keeping_curves, start_thread=False, ignore_errors=True
+        )
         worker = gen_fn(
             store,
             req["method"],
@@ -210,7 +217,7 @@ class CalibrationWidget(QWidget):
         )
         self._progress = progress(total=len(cal), desc=f"Calibrating {req['method']}")
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda record: self._on_done(record, store, test))
+        worker.returned.connect(lambda calibrated: self._on_done(calibrated, store, test))
         worker.errored.connect(self._error)
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
@@ -237,43 +244,42 @@ class CalibrationWidget(QWidget):
         if self._progress is not None:
             self._progress.update(done - self._progress.n)
 
-    def _on_done(self, record: dict[str, Any], store: Any, test: list[int]) -> None:
+    def _on_done(self, calibrated: Any, store: Any, test: list[int]) -> None:
+        from napari_conformal._widgets._common import context_for
+
+        record = calibrated.record
         self.calibration = record
         levels = f"α = {record['alpha']}" + ("" if record["nu"] is None else f", ν = {record['nu']}")
         self.status.setText(
             f"{record['method']}: λ̂ = {record['lambda_hat']:.5g} from n = {record['n']} images "
             f"({levels}); {len(test)} test images."
         )
+        session = context_for(self.viewer).workspace.publish(store, calibrated, test)
         if test:
-            self._show_test_image(record, store, test[0])
+            self._show_test_image(session, test[0])
 
-    def _show_test_image(self, record: dict[str, Any], store: Any, index: int) -> None:
+    def _show_test_image(self, session: Any, index: int) -> None:
+        """Show image ``index`` and (for single-mask methods) its set in the plugin's shared layers."""
         import numpy as np
 
-        from napari_conformal.api import method_from_calibration
+        from napari_conformal._widgets._common import METHOD_COLOURS, context_for
 
-        method = method_from_calibration(record)
-        prepared = method.prepare(store.image(index), store.samples(index))
-        result = method.predict(prepared, record["lambda_hat"])
-        meta = {
-            "napari_conformal": {
-                "method": record["method"],
-                "alpha": record["alpha"],
-                "nu": record["nu"],
-                "lambda_hat": record["lambda_hat"],
-                "n": record["n"],
-                "version": record["version"],
-                "store": record["store"],
-                "image_index": index,
-            }
-        }
-        self.viewer.add_image(store.image(index), name=f"image {index}", scale=store.spacing, metadata=meta)
-        if isinstance(result, np.ndarray) and result.shape == store.spatial_shape:
-            self.viewer.add_labels(
+        context = context_for(self.viewer)
+        record = session.record
+        result = session.predict(index, record["lambda_hat"])
+        context.show_image(index)
+        if isinstance(result, np.ndarray) and result.shape == session.store.spatial_shape:
+            meta = session.provenance(
+                alpha=record["alpha"], nu=record["nu"], lambda_hat=record["lambda_hat"], index=index
+            )
+            context.layers.show(
+                f"set:{record['method']}",
+                "labels",
                 result.astype(np.uint8),
                 name=f"{record['method']} set α={record['alpha']} (image {index})",
-                scale=store.spacing,
-                metadata=meta,
+                metadata={"napari_conformal": meta},
+                scale=session.store.spacing,
+                colour=METHOD_COLOURS.get(record["method"]),
                 opacity=0.5,
             )
 

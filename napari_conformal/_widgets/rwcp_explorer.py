@@ -1,0 +1,185 @@
+"""RW-CP explorer: the diffused maps S⁽ᵗ⁾ on a step slider, the RW-CP set at λ̂ beside CRC and Consema.
+
+RW-CP thresholds the random-walk-diffused foreground map S⁽ⁿ⁾; its prepared
+image keeps every step (``prepared.extras["diffusion"]``), so the step slider
+only upsamples one small grid map. The set is ``{p : 1 − S⁽ⁿ⁾_p ≤ λ̂(α)}`` with
+λ̂ re-reduced from the cached calibration curves when α moves; standard CRC
+(threshold of S⁽⁰⁾) and Consema (dilation of the hard prediction) are
+calibrated on the same calibration images and drawn as contours of their own
+colour at the same α.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QPushButton
+
+from napari_conformal._widgets._common import METHOD_COLOURS, ExplorerBase, LevelSliders, title
+from napari_conformal.errors import ConformalError
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["RWCPExplorer"]
+
+COMPANIONS = ("crc", "consema")
+
+
+class RWCPExplorer(ExplorerBase):
+    """Dock widget exploring an RW-CP calibration.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        Injected by napari.
+    """
+
+    method_name = "rwcp"
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(napari_viewer)
+        from superqt import QLabeledSlider
+
+        layout = self.base_layout()
+        self.levels = LevelSliders(self.workspace, with_nu=False)
+        layout.addWidget(self.levels)
+        self.step_slider = QLabeledSlider(Qt.Orientation.Horizontal)
+        self.step_slider.setRange(0, 10)
+        self.step_slider.setValue(10)
+        self.step_slider.setToolTip(
+            "random-walk step t of the diffused map S⁽ᵗ⁾ shown (the set uses the last)"
+        )
+        self.step_slider.valueChanged.connect(lambda *_: self.request_redraw("step"))
+        form = QFormLayout()
+        form.addRow("Step t", self.step_slider)
+        layout.addLayout(form)
+        self.compare = {}
+        row = QHBoxLayout()
+        for name in COMPANIONS:
+            box = QCheckBox(f"{title(name)} contour")
+            box.setChecked(True)
+            box.setToolTip(f"draw the {title(name)} set calibrated on the same images at the same α")
+            box.toggled.connect(lambda *_: self.request_redraw("companions"))
+            self.compare[name] = box
+            row.addWidget(box)
+        layout.addLayout(row)
+        self.calibrate_button = QPushButton("Calibrate RW-CP on this split")
+        self.calibrate_button.setToolTip(
+            "calibrate RW-CP on the calibration images of the last calibration (features, graph, walk)"
+        )
+        self.calibrate_button.clicked.connect(lambda: self.calibrate_companion(self.method_name))
+        layout.addWidget(self.calibrate_button)
+        layout.addWidget(self.export_button())
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        self.request_redraw("all")
+
+    # -- drawing -----------------------------------------------------------------------------
+
+    def _step_range(self, prepared: Any) -> None:
+        n_step = int(prepared.extras["diffusion"].n_step)
+        if self.step_slider.maximum() != n_step:
+            at_end = self.step_slider.value() == self.step_slider.maximum()
+            self.step_slider.blockSignals(True)
+            self.step_slider.setRange(0, n_step)
+            if at_end or self.step_slider.value() > n_step:
+                self.step_slider.setValue(n_step)
+            self.step_slider.blockSignals(False)
+
+    def redraw(self, dirty: set[str]) -> None:
+        """Update the image, S⁽ᵗ⁾ and the set layers from the workspace."""
+        ws = self.workspace
+        if not ws.ready:
+            self.status.setText("Run a calibration first (Conformal calibration dock).")
+            return
+        session = ws.session(self.method_name)
+        self.calibrate_button.setVisible(session is None)
+        index = ws.index
+        image_layer = self.layers.get("image")
+        if (
+            image_layer is None
+            or (image_layer.metadata.get("napari_conformal") or {}).get("image_index") != index
+        ):
+            self.context.show_image(index)
+        messages: list[str] = []
+        if session is None:
+            messages.append(
+                "RW-CP is not calibrated on this split: press “Calibrate RW-CP on this split”"
+                + (" (running…)" if self.is_calibrating(self.method_name) else "")
+            )
+        else:
+            prepared = self.prepared_or_request(self.method_name, index)
+            if prepared is not None:
+                self._step_range(prepared)
+                self._draw_step(session, prepared, index)
+                if dirty != {"step"}:
+                    messages.append(self._draw_set(self.method_name, prepared, index))
+        if dirty != {"step"}:
+            for name in COMPANIONS:
+                if not self.compare[name].isChecked():
+                    self.layers.remove(f"set:{name}")
+                    continue
+                if not self.ensure_companion(name):
+                    messages.append(f"{title(name)}: calibrating…")
+                    continue
+                prepared = self.prepared_or_request(name, index)
+                if prepared is not None:
+                    messages.append(self._draw_set(name, prepared, index))
+            self.status.setText("\n".join(m for m in messages if m))
+
+    def _draw_step(self, session: Any, prepared: Any, index: int) -> None:
+        t = int(self.step_slider.value())
+        ws = self.workspace
+        data = prepared.extras["diffusion"].step(t)
+        try:
+            lam = session.lambda_hat(ws.alpha)
+        except ConformalError:
+            lam = float("nan")
+        meta = {
+            "napari_conformal": session.provenance(
+                alpha=ws.alpha, nu=None, lambda_hat=lam, index=index, step=t
+            )
+        }
+        self.layers.show(
+            "rwcp:step",
+            "image",
+            np.asarray(data, dtype=np.float32),
+            name=f"RW-CP S({t}) (image {index})",
+            metadata=meta,
+            scale=ws.store.spacing,
+            colormap="magma",
+            contrast_limits=(0.0, 1.0),
+            opacity=0.6,
+            blending="additive",
+        )
+
+    def _draw_set(self, name: str, prepared: Any, index: int) -> str:
+        ws = self.workspace
+        session = ws.session(name)
+        try:
+            lam = session.lambda_hat(ws.alpha)
+        except ConformalError as exc:
+            return f"{title(name)}: {' '.join(str(exc).split())}"
+        mask = np.asarray(session.method.predict(prepared, lam)).astype(np.uint8)
+        meta = {"napari_conformal": session.provenance(alpha=ws.alpha, nu=None, lambda_hat=lam, index=index)}
+        self.layers.show(
+            f"set:{name}",
+            "labels",
+            mask,
+            name=f"{title(name)} set (image {index})",
+            metadata=meta,
+            scale=ws.store.spacing,
+            contour=True,
+            colour=METHOD_COLOURS[name],
+            opacity=1.0,
+        )
+        if name == "consema":  # τ is fixed by its calibration; α moves the quantile
+            return f"Consema: q̂ = {lam:.0f} dilations (n = {session.n}, α = {ws.alpha:.3g}, τ = {session.method.tau:.3g})"
+        return f"{title(name)}: λ̂ = {lam:.4g} (n = {session.n}, α = {ws.alpha:.3g})"
+
+    def export_keys(self) -> list[str]:
+        """The RW-CP, CRC and Consema sets and the S⁽ᵗ⁾ map."""
+        return ["set:rwcp", *(f"set:{n}" for n in COMPANIONS), "rwcp:step"]

@@ -1,0 +1,238 @@
+"""The state the explorers share: store, split, α, ν, current image and calibrated methods.
+
+One :class:`Workspace` per viewer. The calibration dock publishes a
+calibration into it (:meth:`Workspace.publish`); every explorer listens to its
+psygnal signals and redraws. α and ν are shared, so the RW-CP set, the CRC set
+and the Consema set shown side by side are always at the same α, and CONSIGN
+and the pixel-wise sets at the same (α, ν).
+
+Methods other than the published one are calibrated on demand on the *same*
+calibration images (:meth:`Workspace.iter_companion`), so comparisons are
+paired.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator, Sequence
+from typing import Any
+
+from psygnal import Signal
+
+from napari_conformal.errors import ConformalError
+from napari_conformal.explore.calibrated import CalibratedMethod, iter_calibrate_keeping_curves
+from napari_conformal.explore.session import MethodSession
+
+__all__ = ["Workspace"]
+
+
+def _check_level(value: float, name: str, *, closed_low: bool = False) -> float:
+    v = float(value)
+    ok = math.isfinite(v) and (0.0 <= v if closed_low else 0.0 < v) and v < 1.0
+    if not ok:
+        interval = "[0, 1)" if closed_low else "(0, 1)"
+        raise ConformalError(f"{name} must lie in {interval}, got {value!r}")
+    return v
+
+
+class Workspace:
+    """Shared explorer state (Qt-free).
+
+    Signals
+    -------
+    alpha_changed(float), nu_changed(float)
+        The shared risk level α and label-wise accuracy ν moved.
+    image_changed(int)
+        The current image (a store index) changed.
+    session_added(str)
+        A method session was added or replaced (its name).
+    reset()
+        A new store or split was published; every session was dropped.
+    """
+
+    alpha_changed = Signal(float)
+    nu_changed = Signal(float)
+    image_changed = Signal(int)
+    session_added = Signal(str)
+    reset = Signal()
+
+    def __init__(self) -> None:
+        self.store: Any = None
+        self.store_identity: str | None = None
+        self.cal_indices: list[int] = []
+        self.test_indices: list[int] = []
+        self.sessions: dict[str, MethodSession] = {}
+        self.primary: str | None = None
+        #: extra constructor parameters of companion methods, e.g. ``{"rwcp": {"features": "multiscale"}}``
+        self.companion_params: dict[str, dict[str, Any]] = {}
+        self._alpha = 0.1
+        self._nu = 0.9
+        self._index: int | None = None
+
+    # -- shared levels ------------------------------------------------------------------------
+
+    @property
+    def alpha(self) -> float:
+        """Shared risk level α in (0, 1)."""
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        v = _check_level(value, "alpha")
+        if v != self._alpha:
+            self._alpha = v
+            self.alpha_changed.emit(v)
+
+    @property
+    def nu(self) -> float:
+        """Shared label-wise accuracy ν in [0, 1) (CONSIGN and pixel-wise methods)."""
+        return self._nu
+
+    @nu.setter
+    def nu(self, value: float) -> None:
+        v = _check_level(value, "nu", closed_low=True)
+        if v != self._nu:
+            self._nu = v
+            self.nu_changed.emit(v)
+
+    @property
+    def index(self) -> int | None:
+        """Current image (store index), None before anything is published."""
+        return self._index
+
+    @index.setter
+    def index(self, value: int) -> None:
+        if self.store is None:
+            raise ConformalError("no store yet: run a calibration first")
+        i = int(value)
+        if not 0 <= i < self.store.n_images:
+            raise ConformalError(f"image index {i} is out of range 0..{self.store.n_images - 1}")
+        if i != self._index:
+            self._index = i
+            self.image_changed.emit(i)
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether a store and a split have been published."""
+        return self.store is not None
+
+    def session(self, name: str) -> MethodSession | None:
+        """The session of method ``name``, or None."""
+        return self.sessions.get(name)
+
+    def _same_data(self, identity: Any, cal: Sequence[int]) -> bool:
+        # the record carries the store's content identity: no need to hash the store again
+        return self.store is not None and identity == self.store_identity and list(cal) == self.cal_indices
+
+    def publish(
+        self, store: Any, calibrated: CalibratedMethod, test_indices: Sequence[int] | None = None
+    ) -> MethodSession:
+        """Make ``calibrated`` the primary session (the calibration dock calls this).
+
+        A different store or calibration split drops every other session (they
+        would not be paired any more). α and ν take the record's values; the
+        current image becomes the first test image unless it already is a test image.
+
+        Parameters
+        ----------
+        store : DatasetStore
+            The store calibrated on.
+        calibrated : CalibratedMethod
+            From :func:`~napari_conformal.explore.calibrated.iter_calibrate_keeping_curves`.
+        test_indices : sequence of int, optional
+            Default: every image not used for calibration.
+        """
+        cal = [int(i) for i in calibrated.record["cal_indices"]]
+        if test_indices is None:
+            cal_set = set(cal)
+            test = [i for i in range(store.n_images) if i not in cal_set]
+        else:
+            test = [int(i) for i in test_indices]
+        identity = (calibrated.record.get("store") or {}).get("identity")
+        is_new = not self._same_data(identity, cal)
+        if is_new:
+            self.sessions = {}
+            self.store = store
+            self.store_identity = identity
+            self.cal_indices = cal
+        self.test_indices = test
+        session = MethodSession(calibrated, store)
+        self.sessions[session.name] = session
+        self.primary = session.name
+        # set everything first, then tell the listeners (they read a consistent state)
+        record = calibrated.record
+        old = (self._alpha, self._nu, self._index)
+        self._alpha = _check_level(record["alpha"], "alpha")
+        if record.get("nu") is not None:
+            self._nu = _check_level(record["nu"], "nu", closed_low=True)
+        if test and self._index not in test:
+            self._index = test[0]
+        elif self._index is None or not 0 <= self._index < store.n_images:
+            self._index = cal[0] if cal else 0
+        if is_new:
+            self.reset.emit()
+        if self._alpha != old[0]:
+            self.alpha_changed.emit(self._alpha)
+        if self._nu != old[1]:
+            self.nu_changed.emit(self._nu)
+        if self._index != old[2]:
+            self.image_changed.emit(self._index)
+        self.session_added.emit(session.name)
+        return session
+
+    def add_session(self, calibrated: CalibratedMethod) -> MethodSession:
+        """Add a companion calibrated on this workspace's store and split."""
+        if self.store is None:
+            raise ConformalError("no store yet: run a calibration first")
+        if [int(i) for i in calibrated.record["cal_indices"]] != self.cal_indices:
+            raise ConformalError(
+                "a companion method must be calibrated on the workspace's calibration images"
+            )
+        session = MethodSession(calibrated, self.store)
+        self.sessions[session.name] = session
+        self.session_added.emit(session.name)
+        return session
+
+    def companion_settings(self, name: str) -> dict[str, Any]:
+        """Arguments a companion of method ``name`` is calibrated with.
+
+        α and ν are the workspace's; the device is the primary session's; other
+        parameters come from :attr:`companion_params`.
+        """
+        from napari_conformal.core.method import method_class
+
+        cls = method_class(name)
+        params = dict(self.companion_params.get(name, {}))
+        primary = self.sessions.get(self.primary or "")
+        device = None if primary is None else (primary.record.get("params") or {}).get("device")
+        if device is not None:
+            params.setdefault("device", device)
+        return {
+            "alpha": self.alpha,
+            "nu": self.nu if cls.uses_nu else None,
+            "params": params,
+        }
+
+    def iter_companion(self, name: str) -> Generator[tuple[int, int], None, CalibratedMethod]:
+        """Calibrate method ``name`` on the workspace's calibration images (a progress generator).
+
+        Run it in a worker; add the returned value with :meth:`add_session` on
+        the thread that owns the workspace.
+        """
+        if self.store is None:
+            raise ConformalError("no store yet: run a calibration first")
+        settings = self.companion_settings(name)
+        return (
+            yield from iter_calibrate_keeping_curves(
+                self.store, name, cal_indices=list(self.cal_indices), **settings
+            )
+        )
+
+    def lambda_hat(self, name: str) -> float:
+        """λ̂ of session ``name`` at the current α, ν (raises ConformalError)."""
+        session = self.sessions.get(name)
+        if session is None:
+            raise ConformalError(f"method {name!r} has not been calibrated in this workspace")
+        return session.lambda_hat(self.alpha, self.nu)
