@@ -127,3 +127,27 @@ def test_sample_data_goes_through_the_store_reader(make_napari_viewer, tmp_path,
         "nuclei sample predictions",
     ]
     assert len(viewer.layers) == 12
+
+
+def test_viewer_reads_only_the_images_it_shows(make_napari_viewer, tmp_path, qtbot):
+    """Corrupt every chunk of the last image: the store opens and displays (2D and 3D) without
+    touching it; only stepping to that image fails (so the check can fail when reading is eager)."""
+    path = tmp_path / "lazy.zarr"
+    n = 5
+    _store(path, n=n)
+    for array in ("images", "labels", "samples"):
+        root = path / array
+        for f in root.rglob("*"):
+            if f.is_file() and f.name != "zarr.json" and f.relative_to(root).parts[1] == str(n - 1):
+                f.write_bytes(b"corrupt")
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(path), plugin=PLUGIN)
+    image_axis = viewer.dims.ndim - 4  # (T, N, Z, Y, X): N is the second axis
+    assert viewer.dims.current_step[image_axis] != n - 1
+    viewer.layers["lazy sample predictions"].visible = True
+    viewer.dims.ndisplay = 3
+    qtbot.wait(50)
+    viewer.dims.ndisplay = 2
+    with pytest.raises(Exception, match=r"(?i)decompress|codec|corrupt|invalid"):
+        viewer.dims.set_current_step(image_axis, n - 1)
+        qtbot.wait(50)
