@@ -431,6 +431,9 @@ class ExplorerBase(QWidget):
     runs, so the last value is drawn.
     """
 
+    #: minimum time between two redraws while a slider moves (ms)
+    redraw_interval_ms = REDRAW_INTERVAL_MS
+
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         from superqt.utils import qthrottled
@@ -446,7 +449,7 @@ class ExplorerBase(QWidget):
         self._calibrating: set[str] = set()
         self._companion_failed: set[str] = set()
         self._dirty: set[str] = set()
-        self._throttled = qthrottled(self._run_redraw, timeout=REDRAW_INTERVAL_MS, leading=True)
+        self._throttled = qthrottled(self._run_redraw, timeout=self.redraw_interval_ms, leading=True)
         self.redraw_count = 0
         _connect(self, self.workspace.alpha_changed, lambda *_: self.request_redraw("levels"))
         _connect(self, self.workspace.nu_changed, lambda *_: self.request_redraw("levels"))

@@ -25,10 +25,11 @@ from napari_conformal.errors import ConformalError
 from napari_conformal.explore.session import MethodSession
 
 __all__ = [
-    "TestSetMetrics",
+    "EvaluationResult",
     "coverage_curve",
     "iter_test_curves",
     "iter_test_metrics",
+    "iter_test_set",
     "lambda_curve",
     "realised_coverage",
 ]
@@ -131,7 +132,7 @@ def coverage_curve(
 
 
 @dataclass
-class TestSetMetrics:
+class EvaluationResult:
     """Per-image and mean metrics of one method on the test images at one (α, ν).
 
     Attributes
@@ -162,7 +163,7 @@ def iter_test_metrics(
     nu: float | None,
     n_samples: Sequence[int] = (),
     seed: int = 0,
-) -> Generator[tuple[int, int], None, TestSetMetrics]:
+) -> Generator[tuple[int, int], None, EvaluationResult]:
     """``method.evaluate`` of every test image at λ̂(α, ν) (prepared images come from the session cache).
 
     ``n_samples`` applies to methods whose members can be sampled (Chao1, SEC,
@@ -185,7 +186,7 @@ def iter_test_metrics(
         )
         rows.append({"index": i, **row})
         yield j + 1, total
-    return TestSetMetrics(
+    return EvaluationResult(
         name=session.name,
         alpha=float(alpha),
         nu=float(nu) if session.uses_nu and nu is not None else None,
@@ -193,3 +194,50 @@ def iter_test_metrics(
         rows=rows,
         mean=nanmean_metrics(rows),
     )
+
+
+def iter_test_set(
+    sessions: Sequence[MethodSession],
+    indices: Sequence[int],
+    *,
+    alpha: float,
+    nu: float | None,
+    n_samples: Sequence[int] = (),
+    seed: int = 0,
+    curves: bool = True,
+) -> Generator[tuple[int, int], None, tuple[dict[str, dict[int, Any]], dict[str, EvaluationResult]]]:
+    """Test curves (optional) and metrics at (α, ν) of several sessions, as one progress generator.
+
+    Returns ``(curves_by_method, metrics_by_method)``; a method whose λ̂ cannot
+    be computed at this α is left out of the metrics (its curves are kept).
+    """
+    steps_per = len(indices) * (2 if curves else 1)
+    total = max(steps_per * len(sessions), 1)
+    done = 0
+    out_curves: dict[str, dict[int, Any]] = {}
+    out_metrics: dict[str, EvaluationResult] = {}
+    yield 0, total
+    for session in sessions:
+        if curves:
+            gen = iter_test_curves(session, indices)
+            try:
+                while True:
+                    step, _ = next(gen)
+                    yield done + step, total
+            except StopIteration as stop:
+                out_curves[session.name] = stop.value
+            done += len(indices)
+        try:
+            session.lambda_hat(alpha, nu)
+        except ConformalError:
+            done += len(indices)
+            continue
+        gen = iter_test_metrics(session, indices, alpha=alpha, nu=nu, n_samples=n_samples, seed=seed)
+        try:
+            while True:
+                step, _ = next(gen)
+                yield done + step, total
+        except StopIteration as stop:
+            out_metrics[session.name] = stop.value
+        done += len(indices)
+    return out_curves, out_metrics
