@@ -260,6 +260,13 @@ class ViewerContext:
             "image", "image", store.image(index), name=f"image {index}", metadata=meta, scale=store.spacing
         )
 
+    def ensure_image(self, index: int) -> Any:
+        """The shared ``image`` layer, showing image ``index`` (updated only when it shows another)."""
+        layer = self.layers.get("image")
+        if layer is None or (layer.metadata.get("napari_conformal") or {}).get("image_index") != index:
+            layer = self.show_image(index)
+        return layer
+
 
 _CONTEXTS: dict[int, ViewerContext] = {}
 
@@ -400,6 +407,23 @@ class ImageChooser(QComboBox):
             self.workspace.index = int(data)
 
 
+def _guarded_connect(signal: Any, slot: Callable[..., Any]) -> None:
+    """Connect a worker signal to ``slot``, ignoring a widget that was deleted meanwhile.
+
+    A worker can finish after its dock (or the viewer) was closed; calling into
+    a deleted Qt object raises RuntimeError, which must not reach Qt's event loop.
+    """
+
+    def guarded(*args: Any) -> None:
+        try:
+            slot(*args)
+        except RuntimeError as exc:
+            if "deleted" not in str(exc):
+                raise
+
+    signal.connect(guarded)
+
+
 def _disconnect_all(connections: list[tuple[Any, Any]]) -> None:
     for signal, slot in connections:
         try:
@@ -444,6 +468,8 @@ class ExplorerBase(QWidget):
         self.layers = self.context.layers
         self.status = QLabel()
         self.status.setWordWrap(True)
+        self.status.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.status.setMinimumHeight(self.status.fontMetrics().lineSpacing() * 4)
         self._workers: set[Any] = set()
         self._pending_prepare: set[tuple[str, int]] = set()
         self._calibrating: set[str] = set()
@@ -481,11 +507,24 @@ class ExplorerBase(QWidget):
     def request_redraw(self, *what: str) -> None:
         """Mark parts dirty and schedule a (throttled) redraw."""
         self._dirty.update(what or ("all",))
-        self._throttled()
+        try:
+            self._throttled()
+        except RuntimeError:  # the widget (and its timer) is gone: nothing to draw
+            pass
 
     def flush(self) -> None:
         """Run a pending throttled redraw now (tests and benchmarks)."""
         self._throttled.flush()
+
+    @property
+    def idle(self) -> bool:
+        """Whether no background work is running and no redraw is pending."""
+        return not self._workers and not self._dirty
+
+    def settled(self) -> bool:
+        """Run a pending redraw, then say whether the explorer is :attr:`idle` (for wait loops)."""
+        self.flush()
+        return self.idle
 
     def _run_redraw(self) -> None:
         dirty, self._dirty = self._dirty, set()
@@ -533,6 +572,7 @@ class ExplorerBase(QWidget):
 
         worker = create_worker(fn, *args, _start_thread=False, _ignore_errors=True, **kwargs)
         bar: list[Any] = []
+        connect = _guarded_connect
         if description is not None and hasattr(worker, "yielded"):
             bar.append(progress(total=0, desc=description))
 
@@ -542,17 +582,17 @@ class ExplorerBase(QWidget):
                     bar[0].total = total
                     bar[0].update(done - bar[0].n)
 
-            worker.yielded.connect(on_yield)
+            connect(worker.yielded, on_yield)
         if on_done is not None:
-            worker.returned.connect(on_done)
-        worker.errored.connect(lambda exc: notify_error(exc, self.status))
+            connect(worker.returned, on_done)
+        connect(worker.errored, lambda exc: notify_error(exc, self.status))
 
         def finished() -> None:
             self._workers.discard(worker)
             for b in bar:
                 b.close()
 
-        worker.finished.connect(finished)
+        connect(worker.finished, finished)
         self._workers.add(worker)
         worker.start()
         return worker

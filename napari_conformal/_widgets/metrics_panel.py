@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSizePolicy
 
 from napari_conformal._widgets._common import METHOD_COLOURS, ExplorerBase, title
 from napari_conformal.errors import ConformalError
@@ -109,9 +109,10 @@ class MetricsPanel(ExplorerBase):
 
         layout = self.base_layout()
         self.figure = Figure(figsize=(9.0, 5.6))
-        self.figure.subplots_adjust(left=0.07, right=0.93, bottom=0.09, top=0.94, wspace=0.38, hspace=0.45)
+        self.figure.subplots_adjust(left=0.07, right=0.93, bottom=0.09, top=0.94, wspace=0.42, hspace=0.55)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumSize(480, 320)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         names = ("lambda", "coverage", "image", "distance", "chao1", "sec")
         self.axes = dict(zip(names, self.figure.subplots(2, 3).ravel(), strict=True))
         self._twin: Any = None
@@ -275,6 +276,7 @@ class MetricsPanel(ExplorerBase):
             self.status.setText("Run a calibration first (Conformal calibration dock).")
             self._plot()
             return
+        self.context.ensure_image(ws.index)
         if "levels" in dirty and self.test_metrics and self.live_test.isChecked():
             self._test_timer.start()
         data: dict[str, dict[str, Any]] = {"lambda": {}, "coverage": {}, "image": {}, "test": {}}

@@ -118,12 +118,7 @@ class PixelwiseView(ExplorerBase):
             return
         name = self.method_name
         index = ws.index
-        image_layer = self.layers.get("image")
-        if (
-            image_layer is None
-            or (image_layer.metadata.get("napari_conformal") or {}).get("image_index") != index
-        ):
-            self.context.show_image(index)
+        self.context.ensure_image(index)
         if not self.ensure_companion(name):
             self.status.setText(f"{title(name)}: calibrating on the same calibration images…")
             return
@@ -151,9 +146,9 @@ class PixelwiseView(ExplorerBase):
             name=f"{title(name)} set size (image {index})",
             metadata=meta,
             scale=spacing,
-            colormap="viridis",
+            colormap="inferno",  # size 1 is black: with additive blending only uncertain pixels glow
             contrast_limits=(1.0, float(max(n_labels, 2))),
-            opacity=0.6,
+            opacity=0.8,
             blending="additive",
         )
         text = (

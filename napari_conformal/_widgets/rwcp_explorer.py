@@ -98,12 +98,7 @@ class RWCPExplorer(ExplorerBase):
         session = ws.session(self.method_name)
         self.calibrate_button.setVisible(session is None)
         index = ws.index
-        image_layer = self.layers.get("image")
-        if (
-            image_layer is None
-            or (image_layer.metadata.get("napari_conformal") or {}).get("image_index") != index
-        ):
-            self.context.show_image(index)
+        self.context.ensure_image(index)
         messages: list[str] = []
         if session is None:
             messages.append(
