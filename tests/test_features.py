@@ -105,6 +105,8 @@ def test_efficientnet_loads_real_weights_offline(no_network):
     for name in ("_conv_stem.weight", "_blocks.10._project_conv.weight", "_bn1.running_var"):
         torch.testing.assert_close(mine[name], shipped[name], rtol=0, atol=0)
     assert not model.training
+    feat.clear_model_cache()
+    assert feat._efficientnet_lite0(torch.device("cpu")) is not model  # reloaded after clearing
 
 
 def test_efficientnet_2d_shape_and_norms(no_network):

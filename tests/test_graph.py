@@ -155,3 +155,13 @@ def test_progress_and_cancel():
 
     with pytest.raises(Cancelled):
         knn_cosine(z, 3, device="cpu", chunk_size=30, should_stop=stop_after_two)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 13, 30])
+def test_knn_with_k_close_to_m(chunk_size):
+    """Late blocks see fewer than k columns of their own: earlier blocks must fill in."""
+    z = np.random.default_rng(8).standard_normal((30, 6))
+    idx, sim = knn_cosine(z, 29, device="cpu", chunk_size=chunk_size)
+    ref_idx, ref_sim = _brute_force_knn(z, 29)
+    np.testing.assert_array_equal(idx.numpy(), ref_idx)
+    np.testing.assert_allclose(sim.numpy(), ref_sim, atol=1e-5)

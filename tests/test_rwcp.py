@@ -53,6 +53,17 @@ def test_params_rebuild_the_method():
     assert m.params()["features"] == "multiscale" and m.params()["grid_stride"] == 2
 
 
+def test_params_of_an_extractor_instance_and_pickling():
+    import pickle
+
+    from napari_conformal.core.features import EfficientNetLite0Extractor
+
+    m = RWCPMethod(0.1, features=EfficientNetLite0Extractor(grid_stride=4), device="cpu")
+    assert m.params()["features"] == "efficientnet-lite0" and m.params()["grid_stride"] == 4
+    clone = pickle.loads(pickle.dumps(m))  # dask workers receive the method pickled
+    assert clone.params() == m.params() and clone.k == m.k
+
+
 def test_prepare_equals_the_pipeline_by_hand(blobs):
     images, samples, _ = blobs
     m = _method(k=6, rw_beta=10.0, n_step=4)

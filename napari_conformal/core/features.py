@@ -75,6 +75,7 @@ __all__ = [
     "auto_grid_stride",
     "available_extractors",
     "check_features",
+    "clear_model_cache",
     "extract_features",
     "grid_shape_for",
     "make_extractor",
@@ -388,6 +389,18 @@ class SliceNetworkExtractor(FeatureExtractor):
 
 _MODEL_CACHE: dict[tuple[str, ...], torch.nn.Module] = {}
 _MODEL_LOCK = threading.Lock()
+
+
+def clear_model_cache() -> None:
+    """Forget every cached network (and give their GPU memory back)."""
+    from napari_conformal.core.device import release_device_memory
+
+    with _MODEL_LOCK:
+        params = [next(m.parameters(), None) for m in _MODEL_CACHE.values()]
+        devices = {p.device for p in params if p is not None}
+        _MODEL_CACHE.clear()
+    for device in devices:
+        release_device_memory(device)
 
 
 def _efficientnet_lite0(device: torch.device) -> torch.nn.Module:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from napari_conformal.core.crc_method import ThresholdFNRMethod, ThresholdPrepared, foreground_probability
-from napari_conformal.core.device import resolve_device
+from napari_conformal.core.device import release_device_memory, resolve_device
 from napari_conformal.core.diffusion import Diffusion, diffuse
 from napari_conformal.core.features import FeatureExtractor, FeatureMap, check_features, make_extractor
 from napari_conformal.core.graph import transition_matrix
@@ -188,14 +188,19 @@ class RWCPMethod(ThresholdFNRMethod):
             progress=_stage(progress, 100, total),
             should_stop=should_stop,
         )
-        return diffuse(
-            matrix,
-            base,
-            fmap.grid_shape,
-            self.n_step,
-            progress=_stage(progress, 200, total),
-            should_stop=should_stop,
-        )
+        try:
+            return diffuse(
+                matrix,
+                base,
+                fmap.grid_shape,
+                self.n_step,
+                progress=_stage(progress, 200, total),
+                should_stop=should_stop,
+            )
+        finally:
+            device = matrix.device
+            del matrix
+            release_device_memory(device)
 
     # -- ThresholdFNRMethod hooks -----------------------------------------------------------
 
@@ -252,11 +257,12 @@ class RWCPMethod(ThresholdFNRMethod):
         A user-supplied extractor object or function is recorded by name only
         (``"callable"``/its class name) and cannot be rebuilt from JSON.
         """
+        settings = self.extractor.params()
         return {
             "fg_class": self.fg_class,
-            "features": self.extractor.name,
-            "model_dir": self.model_dir,
-            "grid_stride": self.grid_stride,
+            "features": settings["name"],
+            "model_dir": settings.get("model_dir", self.model_dir),
+            "grid_stride": settings.get("grid_stride", self.grid_stride),
             "rw_beta": self.rw_beta,
             "n_step": self.n_step,
             "device": self.device,
