@@ -445,45 +445,50 @@ def iter_report(
     test_images = sorted({i for _, test in split_list for i in test})
     total = len(cal_images) + len(test_images)
 
-    # pass 1: curves
-    gen = iter_map_images(lambda i: _curves_of_image(store, objs, i), cal_images, scheduler=scheduler)
-    curves_list = yield from _offset(gen, 0, total)
-    curves = dict(zip(cal_images, curves_list, strict=True))
+    scheduler, owned = _shared_scheduler(scheduler)
+    try:
+        # pass 1: curves
+        gen = iter_map_images(lambda i: _curves_of_image(store, objs, i), cal_images, scheduler=scheduler)
+        curves_list = yield from _offset(gen, 0, total)
+        curves = dict(zip(cal_images, curves_list, strict=True))
 
-    lam = {
-        name: [
-            _split_lambdas(objs[name][a], name, a, alpha_list[a], curves, split_list)
-            for a in range(len(alpha_list))
-        ]
-        for name in names
-    }
-    del curves, curves_list  # pass 2 needs only λ̂
-
-    # pass 2: metrics at the λ̂ of every split the image is tested in
-    tested_in: dict[int, list[int]] = {i: [] for i in test_images}
-    for r, (_, test) in enumerate(split_list):
-        for i in test:
-            tested_in[i].append(r)
-    per_image_lams = {
-        i: {
-            name: [sorted({lam[name][a][r] for r in tested_in[i]}) for a in range(len(alpha_list))]
+        lam = {
+            name: [
+                _split_lambdas(objs[name][a], name, a, alpha_list[a], curves, split_list)
+                for a in range(len(alpha_list))
+            ]
             for name in names
         }
-        for i in test_images
-    }
-    sampling_n = {
-        name: [ns if (objs[name][0].samples_members and a in div) else () for a in alpha_list]
-        for name in names
-    }
-    binary = [n for n in names if _is_binary_method(objs[n][0])]
-    reference_fg = int(getattr(objs[binary[0]][0], "fg_class", 1)) if binary else None
+        del curves, curves_list  # pass 2 needs only λ̂
 
-    def pass2(i: int) -> dict[str, Any]:
-        return _metrics_of_image(store, objs, per_image_lams[i], sampling_n, reference_fg, seed, i)
+        # pass 2: metrics at the λ̂ of every split the image is tested in
+        tested_in: dict[int, list[int]] = {i: [] for i in test_images}
+        for r, (_, test) in enumerate(split_list):
+            for i in test:
+                tested_in[i].append(r)
+        per_image_lams = {
+            i: {
+                name: [sorted({lam[name][a][r] for r in tested_in[i]}) for a in range(len(alpha_list))]
+                for name in names
+            }
+            for i in test_images
+        }
+        sampling_n = {
+            name: [ns if (objs[name][0].samples_members and a in div) else () for a in alpha_list]
+            for name in names
+        }
+        binary = [n for n in names if _is_binary_method(objs[n][0])]
+        reference_fg = int(getattr(objs[binary[0]][0], "fg_class", 1)) if binary else None
 
-    gen = iter_map_images(pass2, test_images, scheduler=scheduler)
-    metrics_list = yield from _offset(gen, len(cal_images), total)
-    metrics = dict(zip(test_images, metrics_list, strict=True))
+        def pass2(i: int) -> dict[str, Any]:
+            return _metrics_of_image(store, objs, per_image_lams[i], sampling_n, reference_fg, seed, i)
+
+        gen = iter_map_images(pass2, test_images, scheduler=scheduler)
+        metrics_list = yield from _offset(gen, len(cal_images), total)
+        metrics = dict(zip(test_images, metrics_list, strict=True))
+    finally:
+        for obj in owned:
+            obj.close()
 
     runs = []
     for name in names:
@@ -555,6 +560,23 @@ def iter_report(
         "summary": summarize_runs(runs, {n: guarantee_kind(objs[n][0]) for n in names}, false_alarm),
         "reference": reference,
     }
+
+
+def _shared_scheduler(scheduler: Any) -> tuple[Any, list[Any]]:
+    """One local cluster for both passes when ``scheduler == "local"`` (and what to close after)."""
+    if scheduler != "local":
+        return scheduler, []
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover - dask is an optional extra
+        raise ConformalError(
+            "--scheduler needs dask.distributed: pip install 'napari-conformal[distributed]'"
+        ) from None
+    from napari_conformal.parallel import local_cluster
+
+    cluster = local_cluster()
+    client = Client(cluster)
+    return client, [client, cluster]
 
 
 def _split_lambdas(
