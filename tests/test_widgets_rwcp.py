@@ -71,6 +71,10 @@ def test_alpha_and_step_sliders_draw_the_core_outputs(explorer, qtbot, tmp_path)
         step_layer = explorer.layers.get("rwcp:step")
         assert_same(step_layer.data, diffusion.step(t))
         assert step_layer.metadata["napari_conformal"]["step"] == t
+    # the layers own their data: showing S⁽ᵗ⁾ never wrote into the cached prepared image
+    cached = ws.session("rwcp").cached_prepared(i)
+    assert_same(cached.extras["diffusion"].final, diffusion.final)
+    assert_same(cached.score, prepared.score)
 
     # dragging: many values without a chance to redraw in between; the last one is drawn
     before = explorer.redraw_count

@@ -201,6 +201,9 @@ class ResultLayers:
             scale = tuple(float(s) for s in scale)
         if layer is None:
             add = viewer.add_labels if kind == "labels" else viewer.add_image
+            # a private copy: later updates overwrite it in place, which must never touch an array
+            # the caller still uses (e.g. a map cached in a prepared image)
+            data = np.array(data, copy=True)
             layer = add(data, name=name, metadata=metadata, scale=scale, **kwargs)
             self._layers[key] = layer
             self._colours.pop(key, None)
@@ -210,7 +213,19 @@ class ResultLayers:
             )
             if scale is not None and tuple(layer.scale) != scale:
                 layer.scale = scale
-            layer.data = data
+            current = layer.data
+            if (
+                isinstance(current, np.ndarray)
+                and current.shape == data.shape
+                and current.dtype == data.dtype
+                and current.flags.writeable
+            ):
+                # our own array: overwrite it and re-slice, which skips the viewer-wide dims update
+                # that replacing the data triggers (the extent is unchanged)
+                np.copyto(current, data)
+                layer.refresh(extent=False)
+            else:
+                layer.data = np.array(data, copy=True)  # private, as for a new layer
             layer.metadata = metadata
             if kind == "image":
                 if "contrast_limits" in kwargs:
@@ -224,7 +239,8 @@ class ResultLayers:
             self._colours[key] = colour
         if kind == "labels" and contour:
             self._contoured.add(key)
-            layer.contour = self._contour_value()
+            if layer.contour != self._contour_value():  # setting it re-renders: only on change
+                layer.contour = self._contour_value()
         return layer
 
     def remove(self, key: str) -> None:

@@ -109,7 +109,11 @@ class RWCPExplorer(ExplorerBase):
             prepared = self.prepared_or_request(self.method_name, index)
             if prepared is not None:
                 self._step_range(prepared)
-                self._draw_step(session, prepared, index)
+                step_layer = self.layers.get("rwcp:step")
+                if dirty - {"levels", "companions"} or step_layer is None:
+                    self._draw_step(session, prepared, index)
+                else:  # S⁽ᵗ⁾ does not depend on α: only its provenance changes
+                    step_layer.metadata = self._step_metadata(session, index, int(self.step_slider.value()))
                 if dirty != {"step"}:
                     messages.append(self._draw_set(self.method_name, prepared, index))
         if dirty != {"step"}:
@@ -125,19 +129,23 @@ class RWCPExplorer(ExplorerBase):
                     messages.append(self._draw_set(name, prepared, index))
             self.status.setText("\n".join(m for m in messages if m))
 
-    def _draw_step(self, session: Any, prepared: Any, index: int) -> None:
-        t = int(self.step_slider.value())
+    def _step_metadata(self, session: Any, index: int, t: int) -> dict[str, Any]:
         ws = self.workspace
-        data = prepared.extras["diffusion"].step(t)
         try:
             lam = session.lambda_hat(ws.alpha)
         except ConformalError:
             lam = float("nan")
-        meta = {
+        return {
             "napari_conformal": session.provenance(
                 alpha=ws.alpha, nu=None, lambda_hat=lam, index=index, step=t
             )
         }
+
+    def _draw_step(self, session: Any, prepared: Any, index: int) -> None:
+        t = int(self.step_slider.value())
+        ws = self.workspace
+        data = prepared.extras["diffusion"].step(t)
+        meta = self._step_metadata(session, index, t)
         self.layers.show(
             "rwcp:step",
             "image",
