@@ -151,3 +151,26 @@ def test_viewer_reads_only_the_images_it_shows(make_napari_viewer, tmp_path, qtb
     with pytest.raises(Exception, match=r"(?i)decompress|codec|corrupt|invalid"):
         viewer.dims.set_current_step(image_axis, n - 1)
         qtbot.wait(50)
+
+
+@pytest.mark.slow
+def test_real_demo_store_opens_in_viewer(make_napari_viewer, tmp_path, monkeypatch):
+    """A two-image subset of the packaged nuclei demo, built in a temporary cache, shown in napari."""
+    monkeypatch.setenv("NAPARI_CONFORMAL_CACHE", str(tmp_path))
+    from napari_conformal.demo_data import build_demo_store
+    from napari_conformal.io.store import open_store
+    from napari_conformal.sample_data import demo_layers
+
+    layers = demo_layers("nuclei", n_images=2)
+    store = open_store(build_demo_store("nuclei", n_images=2))  # cached: same store
+    assert str(store.path).startswith(str(tmp_path))
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in layers:
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    names = [layer.name for layer in viewer.layers]
+    assert names[0].endswith(" images") and names[-1].endswith(" sample predictions")
+    image = viewer.layers[0]
+    assert image.data.shape == (2, *store.spatial_shape)
+    np.testing.assert_allclose(image.scale[1:], store.spacing)
+    np.testing.assert_array_equal(np.asarray(viewer.layers[1].data), [store.label(i) for i in range(2)])
+    assert viewer.layers[-1].data.shape == (store.n_samples, 2, *store.spatial_shape)
