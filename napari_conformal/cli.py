@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -137,41 +135,13 @@ def _progress_printer(label: str, quiet: bool) -> Callable[[int, int], None]:
 
 
 def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"--out {path} is a directory")
-    if not path.parent.exists():
-        raise UsageError(f"folder of --out does not exist: {path.parent}")
-    text = json.dumps(_jsonable(payload), indent=2, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``payload`` as JSON to ``path`` through a temporary sibling and a rename."""
+    from napari_conformal.io.atomic import atomic_file
+    from napari_conformal.io.provenance import to_jsonable
 
-
-def _jsonable(value: Any) -> Any:
-    """numpy scalars → Python, NaN/inf → None (JSON has no NaN)."""
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
+    text = json.dumps(to_jsonable(payload, where="output"), indent=2, allow_nan=False)
+    with atomic_file(path) as fh:
+        fh.write((text + "\n").encode())
 
 
 def _method_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -13,10 +13,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
-from napari_conformal.errors import StoreExistsError
+from napari_conformal.errors import ConformalError, StoreExistsError
 
-__all__ = ["atomic_directory", "check_target"]
+__all__ = ["atomic_directory", "atomic_file", "check_target"]
 
 
 def check_target(
@@ -102,3 +103,32 @@ def atomic_directory(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """Open a temporary sibling of ``path`` for binary writing; rename it to ``path`` on success.
+
+    On any exception inside the block the temporary file is removed and an existing ``path`` is
+    left untouched. The data is flushed and fsync'ed before the rename.
+
+    Raises
+    ------
+    ConformalError
+        ``path`` is a directory or its folder does not exist.
+    """
+    target = Path(os.fspath(path))
+    if target.is_dir():
+        raise ConformalError(f"cannot write {target}: it is a directory")
+    if not target.parent.is_dir():
+        raise ConformalError(f"cannot write {target}: the folder {target.parent} does not exist")
+    tmp = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:12]}")
+    try:
+        with open(tmp, "xb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -51,7 +51,8 @@ def to_jsonable(value: Any, *, where: str = "value") -> Any:
     """Return a JSON-ready copy of ``value``.
 
     numpy scalars and arrays become Python numbers and lists, tuples become lists, paths become
-    strings, non-finite floats become ``None`` (JSON has no NaN). Dictionary keys must be strings.
+    strings, non-finite floats become ``None`` (JSON has no NaN). Dictionary keys must be strings
+    or integers (written as strings, as :func:`json.dumps` does).
 
     Parameters
     ----------
@@ -81,6 +82,8 @@ def to_jsonable(value: Any, *, where: str = "value") -> Any:
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
+            if isinstance(key, int | np.integer) and not isinstance(key, bool | np.bool_):
+                key = str(int(key))  # as json.dumps does (metrics keyed by N)
             if not isinstance(key, str):
                 raise ConformalError(f"{where}: keys must be strings to be saved as JSON, got {key!r}")
             out[key] = to_jsonable(item, where=f"{where}[{key!r}]")

@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from napari_conformal.errors import ConformalError
+from napari_conformal.io.atomic import atomic_file
 from napari_conformal.io.provenance import dumps_header, get_provenance, layer_header, to_jsonable
 
 __all__ = [
@@ -50,35 +49,6 @@ __all__ = [
 #: Keys a calibration record must have to be written as ``CALIB.json``.
 CALIBRATION_KEYS = ("method", "alpha", "lambda_hat")
 _HEADER_MEMBER = "__napari_conformal__"  # same name as readers.HEADER_MEMBER (import kept light)
-
-
-@contextmanager
-def atomic_file(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """Open a temporary sibling of ``path`` for binary writing; rename it to ``path`` on success.
-
-    On any exception inside the block the temporary file is removed and an existing ``path`` is
-    left untouched. The data is flushed and fsync'ed before the rename.
-
-    Raises
-    ------
-    ConformalError
-        ``path`` is a directory or its folder does not exist.
-    """
-    target = Path(os.fspath(path))
-    if target.is_dir():
-        raise ConformalError(f"cannot write {target}: it is a directory")
-    if not target.parent.is_dir():
-        raise ConformalError(f"cannot write {target}: the folder {target.parent} does not exist")
-    tmp = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:12]}")
-    try:
-        with open(tmp, "xb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _with_suffix(path: str | os.PathLike[str], suffixes: tuple[str, ...]) -> Path:
