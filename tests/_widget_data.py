@@ -28,11 +28,13 @@ def multiclass_store(path: Path, n: int = 16, shape=(24, 24), seed: int = 0):
     return create_store(path, images, samples, labels, label_names=["background", "wall", "cavity"])
 
 
-def calibrated(store, method: str, *, alpha: float, nu: float | None = None, params=None, fraction=0.5):
+def calibrated(
+    store, method: str, *, alpha: float, nu: float | None = None, params=None, fraction=0.5, k=None
+):
     """Calibrate ``method`` on a fixed random split; returns (CalibratedMethod, cal, test)."""
     cal, test = random_split(store.n_images, fraction, 0)
     result = drive(
-        iter_calibrate_keeping_curves(store, method, alpha=alpha, nu=nu, cal_indices=cal, params=params)
+        iter_calibrate_keeping_curves(store, method, alpha=alpha, nu=nu, k=k, cal_indices=cal, params=params)
     )
     return result, cal, test
 

@@ -185,3 +185,44 @@ def test_export_writes_layers_and_records_and_never_overwrites(tmp_path):
     with pytest.raises(ConformalError, match="already exists"):
         export_results(tmp_path, items[:1])
     assert (tmp_path / "set.npz").read_bytes() == before
+
+
+def test_method_at_sets_the_levels_on_a_copy(store):
+    result, _, test = calibrated(store, "aps", alpha=0.2, nu=0.8)
+    session = MethodSession(result, store)
+    at = session.method_at(0.3, 0.6)
+    assert at is not result.method and (at.alpha, at.nu) == (0.3, 0.6)
+    assert (result.method.alpha, result.method.nu) == (0.2, 0.8)
+    assert session.method_at(0.2, 0.8) is result.method and session.method_at(0.3, 0.6) is at
+    i = test[0]
+    lam = session.lambda_hat(0.3, 0.6)
+    record = _rebuildable(dict(result.record, alpha=0.3, nu=0.6, lambda_hat=lam))
+    reference = evaluate(store, record, test_indices=[i], n_samples=())["per_image"][0]
+    assert at.evaluate(session.prepared(i), store.label(i), lam)["covered"] == reference["covered"]
+
+
+def test_consign_session_reads_kept_curves_and_searches_other_levels(store):
+    from napari_conformal.explore.consign_session import ConsignSession, CurvesPending
+    from napari_conformal.explore.session import make_session
+
+    result, cal, test = calibrated(store, "consign", alpha=0.2, nu=0.8, k=3)
+    session = make_session(result, store)
+    assert isinstance(session, ConsignSession)
+    assert session.lambda_hat(0.2, 0.8) == result.record["lambda_hat"]
+    assert not session.needs_search(0.2, 0.7)
+    assert session.needs_search(0.3, 0.8)
+    with pytest.raises(CurvesPending, match="coverage search"):
+        session.lambda_hat(0.3, 0.8)
+    version = session.version
+    lam = drive(session.iter_search(0.3, 0.8))
+    assert session.version == version + 1 and not session.needs_search(0.3, 0.8)
+    assert lam == session.lambda_hat(0.3, 0.8)
+    assert lam == calibrate(store, "consign", alpha=0.3, nu=0.8, k=3, cal_indices=cal)["lambda_hat"]
+    # the set at another α uses that α's box
+    the_set = session.consign_set(test[0], 0.3, lam)
+    assert the_set.box.quantile_level == pytest.approx(0.15) and the_set.lambda_hat == lam
+    # test curves answer coverage only at the calibrated box and up to the searched ν
+    curves = drive(iter_test_curves(session, test[:4]))
+    cov = coverage_curve(session, curves, [0.2, 0.3], 0.8)
+    assert np.isfinite(cov[0]) and np.isnan(cov[1])
+    assert np.isnan(coverage_curve(session, curves, [0.2], 0.95)[0])

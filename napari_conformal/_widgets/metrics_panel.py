@@ -181,12 +181,13 @@ class MetricsPanel(ExplorerBase):
 
     def _image_key(self) -> tuple[Any, ...]:
         ws = self.workspace
-        return (ws.index, ws.alpha, ws.nu, tuple(sorted(ws.sessions)), self.n_values)
+        versions = tuple(sorted((name, id(s), s.version) for name, s in ws.sessions.items()))
+        return (ws.index, ws.alpha, ws.nu, versions, self.n_values)
 
     def _evaluate_image(self, key: tuple[Any, ...]) -> dict[str, dict[str, Any]]:
-        index, alpha, nu, names, ns = key
+        index, alpha, nu, versions, ns = key
         out = {}
-        for name in names:
+        for name, _, _ in versions:
             session = self.workspace.session(name)
             if session is None:
                 continue
@@ -194,7 +195,7 @@ class MetricsPanel(ExplorerBase):
                 lam = session.lambda_hat(alpha, nu if session.uses_nu else None)
             except ConformalError:
                 continue
-            method = session.method
+            method = session.method_at(alpha, nu)
             out[name] = method.evaluate(
                 session.prepared(index),
                 session.store.label(index),
@@ -282,7 +283,7 @@ class MetricsPanel(ExplorerBase):
         data: dict[str, dict[str, Any]] = {"lambda": {}, "coverage": {}, "image": {}, "test": {}}
         for name, session in sorted(ws.sessions.items()):
             nu = ws.nu if session.uses_nu else None
-            lkey = (name, id(session), nu)
+            lkey = (name, id(session), session.version, nu)
             if lkey not in self._lambda_cache:
                 from napari_conformal.explore.evaluation import lambda_curve
 
@@ -292,7 +293,7 @@ class MetricsPanel(ExplorerBase):
             if curves:
                 from napari_conformal.explore.evaluation import coverage_curve
 
-                ckey = (name, id(session), nu, id(curves), len(curves))
+                ckey = (name, id(session), session.version, nu, id(curves), len(curves))
                 if ckey not in self._coverage_cache:
                     self._coverage_cache[ckey] = coverage_curve(session, curves, ALPHA_GRID, nu)
                 data["coverage"][name] = (1.0 - ALPHA_GRID, self._coverage_cache[ckey])
@@ -392,8 +393,9 @@ class MetricsPanel(ExplorerBase):
             )
 
         image = data.get("image", {})
-        self._bars(self.axes["image"], image, _IMAGE_KEYS, f"image {ws.index} at α = {alpha:.3g}")
-        self._bars(self.axes["distance"], image, _DISTANCE_KEYS, f"image {ws.index}: distances (mm)")
+        shown = "selected image" if ws.index is None else f"image {ws.index}"
+        self._bars(self.axes["image"], image, _IMAGE_KEYS, f"{shown} at α = {alpha:.3g}")
+        self._bars(self.axes["distance"], image, _DISTANCE_KEYS, f"{shown}: distances (mm)")
 
         ax = self.axes["chao1"]
         for name, metrics in image.items():
@@ -408,7 +410,7 @@ class MetricsPanel(ExplorerBase):
                     label=title(name),
                     lw=1.2,
                 )
-        ax.set_title(f"Chao1 against N (image {ws.index})", fontsize=8)
+        ax.set_title(f"Chao1 against N ({shown})", fontsize=8)
         ax.set_xlabel("N", fontsize=7)
 
         ax = self.axes["sec"]

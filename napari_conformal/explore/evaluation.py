@@ -123,12 +123,31 @@ def coverage_curve(
     out = np.full(len(alphas), np.nan)
     if not curves:
         return out
-    for j, lam in enumerate(lams):
-        if np.isfinite(lam):
+    for j, (alpha, lam) in enumerate(zip(alphas, lams, strict=True)):
+        if np.isfinite(lam) and _curves_apply(session, curves, float(alpha), nu):
             values = [realised_coverage(session.method, c, lam, nu) for c in curves.values()]
             finite = [v for v in values if not math.isnan(v)]
             out[j] = float(np.mean(finite)) if finite else np.nan
     return out
+
+
+def _curves_apply(session: MethodSession, curves: dict[int, Any], alpha: float, nu: float | None) -> bool:
+    """Whether test curves answer coverage at (α, ν).
+
+    CONSIGN's test curves belong to the box of one α (its quantile level) and
+    were searched up to the calibrated ν: other levels need another search.
+    """
+    first = next(iter(curves.values()))
+    level = getattr(first, "quantile_level", None)
+    if level is None:
+        return True
+    from napari_conformal.core.consign.calibration import quantile_level_for
+
+    method = session.method
+    if quantile_level_for(alpha, method.quantile_level) != level:
+        return False
+    searched_nu = max(v for v in (method.nu, method.nu_max, 0.0) if v is not None)
+    return nu is not None and nu <= searched_nu
 
 
 @dataclass
@@ -173,7 +192,7 @@ def iter_test_metrics(
     from napari_conformal.core.metrics import nanmean_metrics
 
     lam = session.lambda_hat(alpha, nu)
-    method = session.method
+    method = session.method_at(alpha, nu)
     ns = [int(n) for n in n_samples] if method.samples_members else []
     spacing = session.store.spacing
     rows: list[dict[str, Any]] = []

@@ -15,6 +15,7 @@ The split between expensive and cheap work follows the method interface
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import threading
 from collections import OrderedDict
@@ -25,7 +26,7 @@ import numpy as np
 
 from napari_conformal.explore.calibrated import CalibratedMethod
 
-__all__ = ["DEFAULT_CACHE_BYTES", "MethodSession", "approximate_nbytes"]
+__all__ = ["DEFAULT_CACHE_BYTES", "MethodSession", "approximate_nbytes", "make_session"]
 
 #: Default memory budget of the prepared-image cache of one session.
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -82,6 +83,9 @@ class MethodSession:
         self._prepared: OrderedDict[int, tuple[Any, int]] = OrderedDict()
         self._lambda_memo: OrderedDict[tuple[float, float | None], float] = OrderedDict()
         self._test_curves: dict[int, Any] = {}
+        self._at_levels: dict[tuple[float, float | None], Any] = {}
+        #: incremented whenever λ̂ may change for some levels (new curves); part of view cache keys
+        self.version = 0
 
     # -- what it is ---------------------------------------------------------------------------
 
@@ -142,6 +146,25 @@ class MethodSession:
             if len(self._lambda_memo) > _MEMO_SIZE:
                 self._lambda_memo.popitem(last=False)
             return lam
+
+    def method_at(self, alpha: float, nu: float | None) -> Any:
+        """The method with its α (and ν) set to these levels, for ``predict``/``evaluate`` at them.
+
+        A shallow copy of the calibrated method: everything else (parameters,
+        feature extractor, τ of Consema) is shared. CONSIGN's box and the
+        ``covered``/SEC of the membership methods depend on α and ν; the
+        threshold methods do not.
+        """
+        nu_used = float(nu) if (self.uses_nu and nu is not None) else self.method.nu
+        key = (float(alpha), nu_used)
+        if key == (self.method.alpha, self.method.nu):
+            return self.method
+        with self._lock:
+            if key not in self._at_levels:
+                clone = copy.copy(self.method)
+                clone.alpha, clone.nu = key
+                self._at_levels[key] = clone
+            return self._at_levels[key]
 
     # -- per image ----------------------------------------------------------------------------
 
@@ -228,3 +251,12 @@ class MethodSession:
         }
         out.update(extra)
         return out
+
+
+def make_session(calibrated: CalibratedMethod, store: Any, **kwargs: Any) -> MethodSession:
+    """The session class a method needs (:class:`~.consign_session.ConsignSession` for CONSIGN)."""
+    if calibrated.name == "consign":
+        from napari_conformal.explore.consign_session import ConsignSession
+
+        return ConsignSession(calibrated, store, **kwargs)
+    return MethodSession(calibrated, store, **kwargs)

@@ -21,7 +21,7 @@ from psygnal import Signal
 
 from napari_conformal.errors import ConformalError
 from napari_conformal.explore.calibrated import CalibratedMethod, iter_calibrate_keeping_curves
-from napari_conformal.explore.session import MethodSession
+from napari_conformal.explore.session import MethodSession, make_session
 
 __all__ = ["Workspace"]
 
@@ -45,7 +45,8 @@ class Workspace:
     image_changed(int)
         The current image (a store index) changed.
     session_added(str)
-        A method session was added or replaced (its name).
+        A method session was added, replaced or updated (e.g. CONSIGN curves
+        for a new α arrived); its name.
     reset()
         A new store or split was published; every session was dropped.
     """
@@ -158,7 +159,7 @@ class Workspace:
             self.store_identity = identity
             self.cal_indices = cal
         self.test_indices = test
-        session = MethodSession(calibrated, store)
+        session = make_session(calibrated, store)
         self.sessions[session.name] = session
         self.primary = session.name
         # set everything first, then tell the listeners (they read a consistent state)
@@ -190,7 +191,7 @@ class Workspace:
             raise ConformalError(
                 "a companion method must be calibrated on the workspace's calibration images"
             )
-        session = MethodSession(calibrated, self.store)
+        session = make_session(calibrated, self.store)
         self.sessions[session.name] = session
         self.session_added.emit(session.name)
         return session
@@ -229,6 +230,11 @@ class Workspace:
                 self.store, name, cal_indices=list(self.cal_indices), **settings
             )
         )
+
+    def session_updated(self, name: str) -> None:
+        """Tell the views that session ``name`` can answer more levels now (new curves)."""
+        if name in self.sessions:
+            self.session_added.emit(name)
 
     def lambda_hat(self, name: str) -> float:
         """λ̂ of session ``name`` at the current α, ν (raises ConformalError)."""
