@@ -12,6 +12,8 @@ Three measurements (nothing is asserted; results go to ``docs/benchmarks_scaling
     The same calibration on a ``LocalCluster`` of 1 and of 2 single-threaded worker processes
     (:func:`napari_conformal.parallel.local_cluster`, passed as ``scheduler``). Each cluster is warmed
     up first (the workers import torch and the method once), so the timing is the steady state.
+    The serial run (no dask) is timed with torch's default number of threads and with one thread
+    (dask's worker processes run torch single-threaded).
 ``memory``
     Peak resident memory of a fresh process that opens a store and calibrates CRC on all of it, for
     a 200-image and a 2000-image store written image by image with the streaming writer
@@ -105,10 +107,17 @@ def part_workers(tmp: Path, method: str, n: int, shape: tuple[int, ...], t: int,
     kind = METHODS[method][0]
     path = write_store(tmp / f"workers-{kind}-{n}.zarr", kind, n, shape, t)
     warm = write_store(tmp / f"workers-warm-{kind}.zarr", kind, 12, shape, t, seed=20_000)
+    import torch
+
     rows = []
-    serial = min(_calibrate_seconds(path, method) for _ in range(repeats))
-    rows.append({"method": method, "n": n, "workers": 0, "seconds": serial})
-    print(f"workers {method:8s} n={n}  serial (no dask)  {serial:8.2f} s", flush=True)
+    default_threads = torch.get_num_threads()
+    for threads in sorted({default_threads, 1}, reverse=True):
+        torch.set_num_threads(threads)
+        _calibrate_seconds(warm, method)
+        serial = min(_calibrate_seconds(path, method) for _ in range(repeats))
+        rows.append({"method": method, "n": n, "workers": 0, "torch_threads": threads, "seconds": serial})
+        print(f"workers {method:8s} n={n}  serial, {threads} torch thread(s)  {serial:8.2f} s", flush=True)
+    torch.set_num_threads(default_threads)
     for workers in (1, 2):
         cluster = local_cluster(n_workers=workers)
         client = Client(cluster)
@@ -271,7 +280,11 @@ def to_markdown(results: dict[str, Any]) -> str:
         ]
         lines.append("|---|---|---|---|---|")
         for r in rows:
-            who = "serial (no dask)" if r["workers"] == 0 else str(r["workers"])
+            who = (
+                f"serial (no dask), {r['torch_threads']} torch thread(s)"
+                if r["workers"] == 0
+                else str(r["workers"])
+            )
             lines.append(
                 f"| {r['method']} | {r['n']} | {who} | {r['seconds']:.2f} | {one / r['seconds']:.2f}× |"
             )
@@ -313,11 +326,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="best of this many timings (workers part)")
     parser.add_argument("--memory-sizes", default="200,2000")
     parser.add_argument("--memory-shape", type=int, nargs="+", default=[64, 64])
+    parser.add_argument(
+        "--rwcp-grid-stride", type=int, default=2, help="pixels per RW-CP graph node per axis"
+    )
+    parser.add_argument("--torch-threads", type=int, help="torch.set_num_threads for the 'linear' part")
     parser.add_argument("--out", help="write the results as markdown here")
     args = parser.parse_args()
     if args.child_rss:
         _child_rss(args.child_rss)
         return
+    METHODS["rwcp"][1]["params"]["grid_stride"] = args.rwcp_grid_stride
     registered = set(available_methods())
     parts = args.parts.split(",")
     shape = tuple(args.shape)
@@ -328,12 +346,17 @@ def main() -> None:
         "settings": (
             f"linear/workers: {shape} images, T = {args.t}, float16 samples; "
             f"memory: {tuple(args.memory_shape)} images, T = {args.t}; "
+            f"torch threads for 'linear': {args.torch_threads or 'default'}; "
             f"methods {', '.join(f'{m} {METHODS[m][1]}' for m in {*methods, workers_method})}"
         ),
     }
     print(results["machine"], flush=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        if args.torch_threads:
+            import torch
+
+            torch.set_num_threads(args.torch_threads)
         if "linear" in parts:
             results["linear"] = part_linear(
                 tmp, methods, [int(s) for s in args.sizes.split(",")], shape, args.t

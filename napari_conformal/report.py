@@ -227,13 +227,17 @@ def check_report_target(out: str | os.PathLike[str], overwrite: bool = False) ->
     An existing ``out`` is replaced only with ``overwrite`` and only when it is empty or holds an
     earlier report (a ``results.json`` of this format), never an unrelated folder.
     """
-    from napari_conformal.io.atomic import check_target
-
-    try:
-        return check_target(out, overwrite=overwrite, replaceable=_is_report_dir, what="report directory")
-    except FileExistsError as exc:
-        hint = " (pass --overwrite / overwrite=True to replace it)" if not overwrite else ""
-        raise ConformalError(f"{exc}{hint}") from None
+    target = Path(out)
+    if not (target.exists() or target.is_symlink()):
+        return target
+    if not overwrite:
+        raise ConformalError(
+            f"{target} already exists; pass --overwrite (overwrite=True) to replace the report"
+        )
+    is_dir = target.is_dir() and not target.is_symlink()
+    if is_dir and (not any(target.iterdir()) or _is_report_dir(target)):
+        return target
+    raise ConformalError(f"refusing to overwrite {target}: it exists and is not a napari-conformal report")
 
 
 def _is_report_dir(path: Path) -> bool:
@@ -378,9 +382,9 @@ def iter_report(
     store : DatasetStore
         An open store with labels.
     methods : sequence of str
-        Registered method names, e.g. ``("crc", "consema", "rwcp")``.
+        Registered method names, e.g. ``("crc", "consema", "rwcp")`` (or one comma list).
     alphas : sequence of float
-        Risk levels α in (0, 1); every split needs ``n_cal ≥ 1/α − 1``.
+        Risk levels α in (0, 1) (or one number); every split needs ``n_cal ≥ 1/α − 1``.
     nu : float, optional
         Label-wise accuracy ν for the methods that use it (required if any does).
     k : int, optional
@@ -416,8 +420,8 @@ def iter_report(
     from napari_conformal.api import iter_map_images
 
     started = time.perf_counter()
-    names = _check_methods(methods)
-    alpha_list = _check_alphas(alphas)
+    names = _check_methods(methods.split(",") if isinstance(methods, str) else methods)
+    alpha_list = _check_alphas([alphas] if isinstance(alphas, (int, float)) else alphas)
     reps = _check_positive_int(splits, "splits")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConformalError(f"seed must be a non-negative integer, got {seed!r}")

@@ -44,10 +44,12 @@ TABLE1_COLUMNS = (
 )
 #: set-valued (sampling) methods table columns
 SET_COLUMNS = (
-    ("covered", "Covered"),
-    ("accuracy_in", "Best-member accuracy"),
-    ("mean_set_size", "Mean labels per pixel"),
-    ("log10_volume", "log10 |set|"),
+    (("covered",), "Covered"),
+    (("accuracy_in", "best_accuracy"), "Best-member accuracy"),
+    (("mean_set_size",), "Mean labels per pixel"),
+    (("log10_volume",), "log10 |set|"),
+    (("uncertain_fraction",), "Uncertain pixels"),
+    (("dice",), "Dice of the centre member"),
 )
 _DISPLAY = {
     "crc": "CRC",
@@ -214,6 +216,7 @@ def figure_diversity(doc: Mapping[str, Any], alpha: float, methods: Sequence[str
             ax.errorbar(ns, mean, yerr=std, marker="o", ms=4, capsize=3, label=display_name(name))
         if key == "sec":
             ax.axhline(1.0 - alpha, color="k", ls="--", lw=0.8, label="1 − α")
+            ax.set_ylim(-0.03, 1.03)
         ax.set_xscale("log")
         ax.set_xticks(ns, [str(n) for n in ns])
         ax.minorticks_off()
@@ -234,6 +237,12 @@ def figure_diversity(doc: Mapping[str, Any], alpha: float, methods: Sequence[str
 # ----------------------------------------------------------------------------------------- tables
 
 
+def _is_pixel_set(by_alpha: Mapping[float, Mapping[str, Any]]) -> bool:
+    """Whether a method makes one binary pixel set (pixel coverage and stretch apply): Table 1."""
+    metrics = next(iter(by_alpha.values()))["metrics"]
+    return "coverage" in metrics and "stretch" in metrics
+
+
 def table1_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Rows of the RW-CP Table 1 layout: per α, the model row then one row per binary method.
 
@@ -244,7 +253,7 @@ def table1_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
         "best": set of keys where this row is the best CP result at its α}``.
     """
     summary = _summary_by_method(doc)
-    binary = [m for m in doc["settings"]["methods"] if "dice" in next(iter(summary[m].values()))["metrics"]]
+    binary = [m for m in doc["settings"]["methods"] if _is_pixel_set(summary[m])]
     if not binary:
         return []
     rows: list[dict[str, Any]] = []
@@ -308,8 +317,7 @@ def _table1_html(doc: Mapping[str, Any]) -> str:
 
 def _sets_table_html(doc: Mapping[str, Any]) -> str:
     summary = _summary_by_method(doc)
-    names = [m for m in doc["settings"]["methods"] if "covered" in next(iter(summary[m].values()))["metrics"]]
-    names = [m for m in names if "dice" not in next(iter(summary[m].values()))["metrics"]]
+    names = [m for m in doc["settings"]["methods"] if not _is_pixel_set(summary[m])]
     if not names:
         return ""
     head = "".join(f"<th>{h}</th>" for _, h in SET_COLUMNS)
@@ -317,14 +325,19 @@ def _sets_table_html(doc: Mapping[str, Any]) -> str:
     for alpha in doc["settings"]["alphas"]:
         for name in names:
             stats = summary[name][float(alpha)]["metrics"]
-            cells = "".join(f"<td>{html.escape(_fmt(stats.get(k)))}</td>" for k, _ in SET_COLUMNS)
+            cells = "".join(
+                f"<td>{html.escape(_fmt(next((stats[k] for k in keys if k in stats), None)))}</td>"
+                for keys, _ in SET_COLUMNS
+            )
             body.append(f"<tr><td>{alpha:g}</td><td>{html.escape(display_name(name))}</td>{cells}</tr>")
     return (
         "<h2>Set-valued methods (CONSIGN, pixel-wise, SACP)</h2>\n"
         "<p>Covered: fraction of test images whose ground truth is in the set at label-wise accuracy "
-        "ν. Best-member accuracy: label-wise accuracy of the best member of the set (where the method "
-        "reports it). Mean labels per pixel and log10 |set| (number of segmentations in the "
-        "set, pixel-wise methods) measure the size of the set.</p>\n"
+        "ν. Best-member accuracy: label-wise accuracy of the best member of the set. Mean labels per "
+        "pixel and log10 |set| (number of segmentations in a pixel-wise set) measure the size of the "
+        "set; uncertain pixels (CONSIGN) is the fraction of pixels whose label is not the same in "
+        "every member, and the Dice is that of CONSIGN's box-centre member. – where a method does "
+        "not report the quantity.</p>\n"
         f"<table><tr><th>α</th><th>Method</th>{head}</tr>\n" + "\n".join(body) + "</table>\n"
     )
 
