@@ -1,0 +1,159 @@
+"""Read the demo data that ships inside the package (``napari_conformal/data/demo/*.npz``).
+
+Every file is a plain ``.npz`` of integer arrays, read with ``allow_pickle=False``. It holds the
+held-out images (and, for the single nuclei image, all tiles) plus the identifiers of the training,
+calibration and test parts (see :mod:`napari_conformal.demo_data.splits`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from napari_conformal.demo_data.catalog import DemoSpec, get_demo
+from napari_conformal.errors import ConformalError
+
+__all__ = [
+    "DemoData",
+    "data_dir",
+    "largest_slice",
+    "load_demo_data",
+    "read_npz",
+    "subset_counts",
+    "tile_grid",
+]
+
+
+def data_dir() -> Path:
+    """``napari_conformal/data/demo`` (packaged data, licence notes, demo model weights)."""
+    return Path(str(resources.files("napari_conformal") / "data" / "demo"))
+
+
+def read_npz(filename: str) -> dict[str, np.ndarray]:
+    """All arrays of a packaged ``.npz`` (``allow_pickle=False``)."""
+    path = data_dir() / filename
+    if not path.is_file():
+        raise ConformalError(f"packaged demo data {path} is missing; run scripts/pack_demo_data.py")
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def largest_slice(label_volume: np.ndarray, axis: int = 0) -> int:
+    """Index along ``axis`` of the slice with the most foreground (label > 0) voxels (first on ties)."""
+    other = tuple(a for a in range(label_volume.ndim) if a != axis)
+    return int(np.argmax((np.asarray(label_volume) > 0).sum(axis=other)))
+
+
+def tile_grid(image: np.ndarray, tile: int) -> np.ndarray:
+    """Cut a 2D array into non-overlapping ``tile × tile`` tiles, row-major: ``(n_tiles, tile, tile)``.
+
+    The image sides must be multiples of ``tile``.
+    """
+    h, w = image.shape
+    if h % tile or w % tile:
+        raise ValueError(f"image shape {image.shape} is not a multiple of the tile size {tile}")
+    return image.reshape(h // tile, tile, w // tile, tile).transpose(0, 2, 1, 3).reshape(-1, tile, tile)
+
+
+def subset_counts(n_calibration: int, n_test: int, n_images: int | None) -> tuple[int, int]:
+    """How many calibration and test images a subset of ``n_images`` takes (proportional, each ≥ 1).
+
+    None keeps everything.
+    """
+    total = n_calibration + n_test
+    if n_images is None:
+        return n_calibration, n_test
+    if isinstance(n_images, bool) or not isinstance(n_images, int | np.integer) or not 2 <= n_images <= total:
+        raise ConformalError(f"n_images must be an integer in 2..{total} (or None for all), got {n_images!r}")
+    n_cal = min(n_calibration, n_images - 1, max(1, math.floor(n_images * n_calibration / total + 0.5)))
+    n_cal = max(n_cal, n_images - n_test)
+    return n_cal, n_images - n_cal
+
+
+@dataclass
+class DemoData:
+    """The images of one demo store, before sampling.
+
+    Attributes
+    ----------
+    spec : DemoSpec
+    images : float32 array ``(N, *S)``
+        Calibration images first, then test images; intensities in [0, 1].
+    labels : uint8 array ``(N, *S)``
+    source_ids : list of int
+        Identifier of each image in its source (hippocampus case number; MNI slice z index; nuclei
+        tile index; for hippocampus-2d the case number, the slice is ``slices[i]``).
+    split : dict
+        ``{"train": [], "calibration": [...], "test": [...]}``: indices into ``images`` (no image of
+        the store was used to train the model).
+    train_source_ids : list of int
+        Source identifiers of the model-training images (not in the store).
+    slices : list of int
+        hippocampus-2d only: index along axis 0 of each slice in its volume.
+    """
+
+    spec: DemoSpec
+    images: np.ndarray
+    labels: np.ndarray
+    source_ids: list[int]
+    split: dict[str, list[int]]
+    train_source_ids: list[int]
+    slices: list[int] = field(default_factory=list)
+
+
+def _take(data: dict[str, np.ndarray], n_images: int | None) -> tuple[list[int], list[int], list[int]]:
+    """Positions (in ``data['ids']``) of the kept calibration and test items, and the training ids."""
+    ids = [int(v) for v in data["ids"]]
+    where = {v: k for k, v in enumerate(ids)}
+    cal = [where[int(v)] for v in data["calibration_ids"]]
+    test = [where[int(v)] for v in data["test_ids"]]
+    n_cal, n_test = subset_counts(len(cal), len(test), n_images)
+    return cal[:n_cal], test[:n_test], [int(v) for v in data["train_ids"]]
+
+
+def load_demo_data(name: str, *, n_images: int | None = None) -> DemoData:
+    """Images, labels and split of demo dataset ``name`` from the packaged data.
+
+    Parameters
+    ----------
+    name : str
+        ``"hippocampus-3d"``, ``"hippocampus-2d"``, ``"brain-mri"`` or ``"nuclei"``.
+    n_images : int, optional
+        Keep only the first calibration and test images, ``n_images`` in all (≥ 2), in the
+        proportion of the full split; for quick tests.
+
+    Returns
+    -------
+    DemoData
+    """
+    spec = get_demo(name)
+    data = read_npz(spec.data_file)
+    if name == "nuclei":
+        tile = int(data["tile_size"])
+        tiles = tile_grid(data["image"], tile)
+        masks = tile_grid(data["mask"], tile)
+        data = {**data, "ids": np.arange(len(tiles)), "images": tiles, "labels": masks}
+    cal, test, train_ids = _take(data, n_images)
+    order = cal + test
+    images = data["images"][order]
+    labels = data["labels"][order]
+    slices: list[int] = []
+    if name == "hippocampus-2d":
+        slices = [largest_slice(v) for v in labels]
+        images = np.stack([v[k] for v, k in zip(images, slices, strict=True)])
+        labels = np.stack([v[k] for v, k in zip(labels, slices, strict=True)])
+    if images.ndim != spec.ndim + 1:
+        raise ConformalError(f"packaged data {spec.data_file}: images have shape {images.shape}")
+    return DemoData(
+        spec=spec,
+        images=images.astype(np.float32) / np.float32(255.0),
+        labels=labels.astype(np.uint8),
+        source_ids=[int(data["ids"][k]) for k in order],
+        split={"train": [], "calibration": list(range(len(cal))), "test": list(range(len(cal), len(order)))},
+        train_source_ids=train_ids,
+        slices=slices,
+    )
