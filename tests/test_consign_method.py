@@ -1,0 +1,134 @@
+"""The registered CONSIGN method and the interactive calibrator."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_conformal.core.consign.calibration import ConsignCalibrator, quantile_level_for
+from napari_conformal.core.consign.curves import CurveSet
+from napari_conformal.core.consign.members import ConsignSet
+from napari_conformal.core.consign.phantom import cardiac_phantom
+from napari_conformal.core.consign.search import CoverageSearch
+from napari_conformal.core.method import make_method
+from napari_conformal.errors import CalibrationError, StoreValidationError
+
+SEARCH = {"ratio": 1.15, "lhs_points": 32, "lhs_per_block": 16}
+
+
+@pytest.fixture(scope="module")
+def data():
+    images, samples, labels = cardiac_phantom(14, (32, 32), n_labels=3, n_samples=8, rank=3, size=2.0, seed=9)
+    return images, samples, labels
+
+
+@pytest.fixture(scope="module")
+def method():
+    return make_method("consign", alpha=0.25, nu=0.75, k=3, lambda_max=3.0, search=SEARCH)
+
+
+@pytest.fixture(scope="module")
+def prepared(data, method):
+    images, samples, _ = data
+    return [method.prepare(images[i], samples[i]) for i in range(len(images))]
+
+
+def test_registered_and_params_are_json(method) -> None:
+    assert method.name == "consign" and method.uses_nu and method.uses_k and method.samples_members
+    params = json.loads(json.dumps(method.params()))
+    again = make_method("consign", alpha=0.25, nu=0.75, k=3, **params)
+    assert again.params() == method.params()
+    with pytest.raises(CalibrationError, match="unknown CONSIGN search options"):
+        make_method("consign", alpha=0.1, nu=0.8, search={"warp": 9})
+    with pytest.raises(CalibrationError, match="nu"):
+        make_method("consign", alpha=0.1, nu=1.5)
+
+
+def test_batched_calibration_equals_per_image_curves(data, method, prepared) -> None:
+    labels = data[2]
+    lam, curves = method.calibrate(prepared[:10], list(labels[:10]))
+    per_image = [method.curve(p, y) for p, y in zip(prepared[:10], labels[:10], strict=True)]
+    assert method.lambda_hat(per_image) == lam
+    assert method.lambda_hat(curves) == lam
+    # another α has another quantile level: the curves must be recomputed
+    with pytest.raises(CalibrationError, match="quantile level"):
+        method.lambda_hat(per_image, alpha=0.3)
+
+
+def test_evaluate_keys_and_membership(data, method, prepared) -> None:
+    labels = data[2]
+    lam, curves = method.calibrate(prepared[:10], list(labels[:10]))
+    for i in range(10, 12):
+        out = method.evaluate(prepared[i], labels[i], lam, n_samples=[10, 50], seed=3)
+        assert out["covered"] in (0, 1)
+        assert (out["best_accuracy"] > 0.75) == bool(out["covered"])
+        for key in ("chao1", "sec", "correlation"):
+            assert set(out[key]) == {"10", "50"}
+        assert out["chao1"]["50"] >= out["chao1"]["10"] >= 1.0
+        assert 0.0 <= out["uncertain_fraction"] <= 1.0 and 0.0 <= out["dice"] <= 1.0
+        json.dumps(out)
+    # calibration images: evaluate's membership agrees with the calibration curve
+    for i in range(4):
+        out = method.evaluate(prepared[i], labels[i], lam)
+        assert out["covered"] == int(curves.curves[i].accuracy_at(lam) > 0.75)
+    the_set = method.predict(prepared[0], lam)
+    assert isinstance(the_set, ConsignSet) and the_set.lambda_hat == lam
+
+
+def test_calibrator_caches_per_alpha_and_nu_changes_are_reads(data, prepared, monkeypatch) -> None:
+    labels = data[2]
+    from napari_conformal.core.consign.search import SearchConfig
+
+    cal = ConsignCalibrator(
+        prepared[:10], list(labels[:10]), nu_max=0.8, config=SearchConfig(lambda_max=3.0, **SEARCH)
+    )
+    lam = cal.lambda_hat(0.25, 0.8)
+    runs = []
+    original = CoverageSearch.run
+
+    def counting(self, **kwargs):
+        runs.append(kwargs)
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(CoverageSearch, "run", counting)
+    values = [cal.lambda_hat(0.25, nu) for nu in (0.5, 0.6, 0.7, 0.8)]
+    assert runs == []  # ν changes below nu_max never search
+    assert values[-1] == lam and values == sorted(values)
+    cal.lambda_hat(0.3, 0.7)  # a new α: one search of its quantile level
+    assert len(runs) == 1
+    cal.lambda_hat(0.3, 0.6)
+    cal.lambda_hat(0.25, 0.7)
+    assert len(runs) == 1  # both α cached
+    assert quantile_level_for(0.3) == pytest.approx(0.15)
+    assert isinstance(cal.curves(0.25), CurveSet)
+
+
+def test_calibrator_extends_for_nu_above_nu_max(data, prepared) -> None:
+    labels = data[2]
+    from napari_conformal.core.consign.search import SearchConfig
+
+    cal = ConsignCalibrator(
+        prepared[:10], list(labels[:10]), nu_max=0.6, config=SearchConfig(lambda_max=3.0, **SEARCH)
+    )
+    low = cal.lambda_hat(0.25, 0.6)
+    high = cal.lambda_hat(0.25, 0.8)  # resumes the search
+    fresh = ConsignCalibrator(
+        prepared[:10], list(labels[:10]), nu_max=0.8, config=SearchConfig(lambda_max=3.0, **SEARCH)
+    )
+    assert high == pytest.approx(fresh.lambda_hat(0.25, 0.8), rel=1e-9)  # same up to float64 rounding
+    assert high >= low
+
+
+def test_bad_inputs_through_the_method(data, method) -> None:
+    images, samples, labels = data
+    with pytest.raises(CalibrationError, match="T >= k"):
+        make_method("consign", alpha=0.2, nu=0.8, k=8).prepare(images[0], samples[0])
+    nan = samples[0].copy()
+    nan[0, 0, 0, 0] = np.nan
+    with pytest.raises(StoreValidationError, match="NaN"):
+        method.prepare(images[0], nan)
+    basis = method.prepare(images[0], samples[0])
+    with pytest.raises(StoreValidationError, match="outside"):
+        method.curve(basis, labels[0] + 3)
