@@ -112,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="output METRICS.json")
     ev.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
+    make = sub.add_parser("make-demo", help="build (or reuse) a demo dataset store from the packaged real data")
+    make.add_argument(
+        "name", choices=("hippocampus-3d", "hippocampus-2d", "brain-mri", "nuclei"), help="which demo dataset"
+    )
+    make.add_argument("--out", help="store path (default: the user cache folder)")
+    make.add_argument("--n-images", type=int, help="only this many calibration + test images (quick look)")
+    make.add_argument("--overwrite", action="store_true", help="rebuild even when a matching store exists")
+    make.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] for the demo model")
+    make.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+
     demo = sub.add_parser("demo", help="open napari with the plugin's widgets")
     demo.add_argument("--screenshot", help="save a PNG of the window and exit")
     _add_report_parser(sub)
@@ -119,19 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-
-
-def _progress_printer(label: str, quiet: bool) -> Callable[[int, int], None]:
-    """Progress on stderr, only when stderr is a terminal (logs and pipes stay clean)."""
-    show = not quiet and sys.stderr.isatty()
-
-    def report(done: int, total: int) -> None:
-        if not show:
-            return
-        end = "\n" if done >= total else ""
-        print(f"\r{label}: {done}/{total}", end=end, file=sys.stderr, flush=True)
-
-    return report
 
 
 def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> None:
@@ -184,7 +181,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         cal_indices=cal,
         params=_method_kwargs(args),
         scheduler=args.scheduler,
-        progress=_progress_printer("calibrating", args.quiet),
+        progress=_progress_bar("calibrating", args.quiet),
     )
     write_json_atomic(args.out, record)
     if not args.quiet:
@@ -228,7 +225,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         overrides={"device": args.device} if args.device else None,
         scheduler=args.scheduler,
-        progress=_progress_printer("evaluating", args.quiet),
+        progress=_progress_bar("evaluating", args.quiet),
     )
     report["calibration"] = str(Path(args.calibration).resolve())
     write_json_atomic(args.out, report)
@@ -237,6 +234,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(
             f"{calib['method']} on {report['n_test']} test images: {shown}; wrote {args.out}", file=sys.stderr
         )
+    return 0
+
+
+def cmd_make_demo(args: argparse.Namespace) -> int:
+    from napari_conformal.demo_data import build_demo_store
+
+    if args.n_images is not None and args.n_images < 2:
+        raise UsageError("--n-images must be at least 2 (one calibration and one test image)")
+    try:
+        path = build_demo_store(
+            args.name,
+            args.out,
+            progress=_progress_bar(f"building {args.name}", args.quiet),
+            overwrite=args.overwrite,
+            n_images=args.n_images,
+            device=args.device,
+        )
+    except FileExistsError as exc:
+        raise UsageError(f"{exc}; pass --overwrite to replace it") from None
+    print(path)
     return 0
 
 
@@ -380,7 +397,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, --version, usage errors (already printed)
         return int(stop.code or 0)
-    handlers = {"calibrate": cmd_calibrate, "evaluate": cmd_evaluate, "demo": cmd_demo, "report": cmd_report}
+    handlers = {
+        "calibrate": cmd_calibrate,
+        "evaluate": cmd_evaluate,
+        "report": cmd_report,
+        "make-demo": cmd_make_demo,
+        "demo": cmd_demo,
+    }
     try:
         return handlers[args.command](args)
     except ConformalError as exc:

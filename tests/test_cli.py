@@ -303,3 +303,16 @@ def test_local_dask_scheduler_matches_serial(store_path, tmp_path):
         == 0
     )
     assert json.loads(ms.read_text())["per_image"] == json.loads(md.read_text())["per_image"]
+
+
+def test_make_demo_builds_a_valid_store(tmp_path, monkeypatch, capsys):
+    """`make-demo` builds a small nuclei store from the packaged real data and prints its path."""
+    from napari_conformal.io.store import open_store
+
+    monkeypatch.setenv("NAPARI_CONFORMAL_CACHE", str(tmp_path / "cache"))
+    assert main(["make-demo", "nuclei", "--n-images", "3", "-q"]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    store = open_store(path)
+    store.validate(full=True)
+    assert store.n_images == 3 and store.has_labels and store.n_samples == 20
+    _fails(capsys, ["make-demo", "nuclei", "--n-images", "1"], "--n-images")
