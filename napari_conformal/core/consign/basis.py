@@ -10,9 +10,9 @@ label-major to ``s_t ∈ R^D`` (``D = L·|S|``)::
     σ_k    = k-th singular value
     γ_{k,t} = ⟨u_k, s_t − μ⟩ = σ_k V[t, k]    (coefficients of the samples)
 
-The SVD goes through the T × T Gram matrix ``G = M Mᵀ = V Σ² Vᵀ`` accumulated
-in float64 over chunks of D, then ``u_k = Mᵀ v_k / σ_k``: O(T²·D) work and
-O(T·D) memory, exact to float64 round-off for the K ≤ T − 1 leading
+The SVD goes through the T × T Gram matrix ``G = M Mᵀ = V Σ² Vᵀ`` in float64,
+then ``u_k = Mᵀ v_k / σ_k``: O(T²·D) work and O(T·D) memory per image
+(batched over images), exact to float64 round-off for the K ≤ T − 1 leading
 directions (``torch.linalg.svd`` of the T × D matrix does the same work
 slower on the CPU; ``svd_lowrank`` is randomised, so not used). Directions
 whose singular value is below ``rtol·σ_1`` (samples that do not vary along
@@ -53,10 +53,8 @@ __all__ = [
 
 #: Singular values below ``rtol · σ_1`` are treated as exactly zero.
 DEFAULT_RTOL = 1e-6
-# Bytes of float64 temporaries per chunk of D in the Gram accumulation.
-_CHUNK_BYTES = 64 * 2**20
-# Bytes of float32 samples held on the device per batch of images.
-_BATCH_BYTES = 512 * 2**20
+# Bytes of samples (float32 input + float64 working copy) per batch of images.
+_BATCH_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -178,17 +176,15 @@ def _check_k(k: int, t: int, index: int) -> int:
     return int(k)
 
 
-def _basis_batch(x: torch.Tensor, k: int, rtol: float) -> tuple[torch.Tensor, ...]:
-    """Basis of a batch ``x`` (B, T, D) float32 → mean, directions, σ, γ (batched)."""
-    b, t, d = x.shape
-    mean64 = x.sum(dim=1, dtype=torch.float64) / t  # (B, D)
-    mean = mean64.to(torch.float32)
-    centred = x - mean[:, None, :]
-    chunk = max(1, _CHUNK_BYTES // (8 * b * t))
-    gram = torch.zeros(b, t, t, dtype=torch.float64, device=x.device)
-    for start in range(0, d, chunk):
-        block = centred[:, :, start : start + chunk].to(torch.float64)
-        gram += block @ block.transpose(1, 2)
+def _basis_batch(x: torch.Tensor, k: int, rtol: float, first_index: int = 0) -> tuple[torch.Tensor, ...]:
+    """Basis of a batch ``x`` (B, T, D) float32 → mean, directions, σ, γ (batched), in float64."""
+    x64 = x.to(torch.float64)
+    mean64 = x64.mean(dim=1)  # (B, D)
+    bad = (~torch.isfinite(mean64).all(dim=1)).nonzero().flatten()  # NaN/inf anywhere reach the mean
+    if bad.numel():
+        raise StoreValidationError(f"samples of image {first_index + int(bad[0])} contain NaN or inf")
+    centred = x64.sub_(mean64[:, None, :])  # in place: x64 is ours
+    gram = centred @ centred.transpose(1, 2)  # (B, T, T)
     evals, evecs = torch.linalg.eigh(gram)  # ascending
     evals = evals.flip(-1)[:, :k]
     evecs = evecs.flip(-1)[:, :, :k]  # (B, T, K)
@@ -196,18 +192,16 @@ def _basis_batch(x: torch.Tensor, k: int, rtol: float) -> tuple[torch.Tensor, ..
     keep = sigma > rtol * sigma[:, :1]
     sigma = torch.where(keep, sigma, torch.zeros_like(sigma))
     inv = torch.where(keep, 1.0 / torch.where(keep, sigma, torch.ones_like(sigma)), torch.zeros_like(sigma))
-    proj = (evecs * inv[:, None, :]).transpose(1, 2)  # (B, K, T) = Vᵀ/σ
-    directions = torch.empty(b, k, d, dtype=torch.float32, device=x.device)
-    for start in range(0, d, chunk):
-        block = centred[:, :, start : start + chunk].to(torch.float64)
-        directions[:, :, start : start + chunk] = (proj @ block).to(torch.float32)
+    directions = ((evecs * inv[:, None, :]).transpose(1, 2) @ centred).to(
+        torch.float32
+    )  # (B, K, D) = Vᵀ M / σ
     # sign convention: the largest-magnitude entry of u_k is positive
     peak = directions.abs().argmax(dim=2, keepdim=True)
     sign = torch.sign(torch.gather(directions, 2, peak)).squeeze(2).to(torch.float64)
     sign = torch.where(sign == 0, torch.ones_like(sign), sign)
     directions *= sign[:, :, None].to(torch.float32)
     coefficients = (sigma * sign)[:, :, None] * evecs.transpose(1, 2)  # (B, K, T)
-    return mean, directions, sigma, coefficients
+    return mean64.to(torch.float32), directions, sigma, coefficients
 
 
 def compute_bases(
@@ -235,7 +229,8 @@ def compute_bases(
     rtol : float
         Relative threshold below which singular values count as zero.
     batch_bytes : int
-        Device memory for the float32 samples of one batch.
+        Device memory for one batch (12 bytes per sample value: the float32
+        input and its float64 working copy).
     progress : callable ``(done, total)``, optional
         Called after each batch with the number of images done.
     should_stop : callable, optional
@@ -267,7 +262,7 @@ def compute_bases(
         check_stop(should_stop)
         x = torch.stack(pending)
         t, n_labels, spatial = x.shape[1], x.shape[2], tuple(x.shape[3:])
-        mean, directions, sigma, coefficients = _basis_batch(x.reshape(x.shape[0], t, -1), k, rtol)
+        mean, directions, sigma, coefficients = _basis_batch(x.reshape(x.shape[0], t, -1), k, rtol, len(out))
         for j in range(x.shape[0]):
             out.append(ImageBasis(mean[j], directions[j], sigma[j], coefficients[j], n_labels, spatial))
         pending.clear()
@@ -281,17 +276,14 @@ def compute_bases(
             if shape[1] < 2:
                 raise StoreValidationError(f"samples must have L >= 2 labels, got L={shape[1]}")
             _check_k(k, shape[0], index)
-            per_image = 4 * int(np.prod(shape))
+            per_image = 12 * int(np.prod(shape))  # float32 input + float64 working copy
             batch = max(1, int(batch_bytes) // max(per_image, 1))
         elif tuple(x.shape) != shape:
             raise StoreValidationError(
                 f"samples of image {index} have shape {tuple(x.shape)}, but image 0 has {shape}: "
                 "T, L and the spatial shape must agree"
             )
-        x = x.to(device=device, dtype=torch.float32)
-        if not bool(torch.isfinite(x).all()):
-            raise StoreValidationError(f"samples of image {index} contain NaN or inf")
-        pending.append(x)
+        pending.append(x.to(device=device, dtype=torch.float32))
         if len(pending) >= batch:
             flush()
     if pending:

@@ -136,6 +136,9 @@ def flip_lambda(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Centre label and the λ from which each pixel's label can change.
 
+    Only the pairs (centre label, l') are needed, so this costs O(K·L·P)
+    (not the L² pairs of :func:`label_regions`).
+
     Returns
     -------
     centre_label : Tensor of int64, shape (P,)
@@ -145,32 +148,35 @@ def flip_lambda(
         centre is within rounding of a tie. The pixel is free at λ iff
         ``λ ≥ flip``, i.e. ``always[centre_label]`` holds iff ``λ < flip``.
     """
-    n_labels, n_pix = basis.n_labels, basis.n_pixels
-    labels = torch.empty(n_pix, dtype=torch.int64, device=basis.device)
-    flip = torch.empty(n_pix, dtype=torch.float32, device=basis.device)
+    n_labels, n_pix, k = basis.n_labels, basis.n_pixels, basis.k
+    dev = basis.device
+    m = box.centre.to(device=dev, dtype=torch.float32)
+    h = box.half_width.to(device=dev, dtype=torch.float32)
+    labels = torch.empty(n_pix, dtype=torch.int64, device=dev)
+    flip = torch.empty(n_pix, dtype=torch.float32, device=dev)
     inf = float("inf")
+    own_index = torch.arange(n_labels, device=dev)[:, None]
     for start in range(0, n_pix, _CHUNK_PIXELS):
         sl = slice(start, min(start + _CHUNK_PIXELS, n_pix))
-        g, radius, s0, s1 = _pair_terms(basis, box, sl)
-        centre = basis.mean.view(n_labels, -1)[:, sl] + torch.einsum(
-            "k,klp->lp",
-            box.centre.to(device=basis.device, dtype=torch.float32),
-            basis.directions.view(basis.k, n_labels, -1)[:, :, sl],
-        )
+        mu = basis.mean.view(n_labels, -1)[:, sl]  # (L, p)
+        u = basis.directions.view(k, n_labels, -1)[:, :, sl]  # (K, L, p)
+        centre = mu + torch.einsum("k,klp->lp", m, u)
         lab = centre.max(dim=0).indices  # (p,)
-        idx = lab[None, None, :].expand(1, n_labels, -1)
-        g_l = torch.gather(g, 0, idx)[0]  # (L', p): s_lab − s_l'
-        r_l = torch.gather(radius, 0, idx)[0]
-        s0_l = torch.gather(s0, 0, idx)[0]
-        s1_l = torch.gather(s1, 0, idx)[0]
-        num = g_l - rtol * s0_l
-        den = r_l + rtol * s1_l
+        u_star = torch.gather(u, 1, lab[None, None, :].expand(k, 1, -1))  # (K, 1, p)
+        g = torch.gather(centre, 0, lab[None, :]) - centre  # (L, p): s_lab − s_l'
+        radius = torch.einsum("k,klp->lp", h, (u_star - u).abs())
+        absu = u.abs()
+        pair_abs = absu + u_star.abs()
+        mu_abs = mu.abs()
+        s0 = torch.gather(mu_abs, 0, lab[None, :]) + mu_abs + torch.einsum("k,klp->lp", m.abs(), pair_abs)
+        s1 = torch.einsum("k,klp->lp", h, pair_abs)
+        num = g - rtol * s0
+        den = radius + rtol * s1
         ratio = torch.where(
             den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.full_like(num, inf)
         )
         ratio = torch.where(num <= 0, torch.zeros_like(ratio), ratio)
-        own = torch.arange(n_labels, device=basis.device)[:, None] == lab[None, :]
-        ratio = torch.where(own, torch.full_like(ratio, inf), ratio)
+        ratio = torch.where(own_index == lab[None, :], torch.full_like(ratio, inf), ratio)
         labels[sl] = lab
         flip[sl] = ratio.amin(dim=0)
     return labels, flip

@@ -64,18 +64,25 @@ class PaperLoopResult:
     Attributes
     ----------
     lambda_hat : float
+        λ̂ (NaN when the run stopped at ``max_seconds`` first).
     covered_at : ndarray of float64, shape (n,)
-        λ at which each image became covered (inf if never, up to λ̂).
+        λ at which each image became covered (inf if not, up to the last step).
     seconds : ndarray of float64, shape (n,)
         Time spent on each image (all steps).
     steps : int
-        Number of λ steps taken.
+        Number of λ steps started.
+    finished : bool
+        False when ``max_seconds`` ran out before λ̂.
+    last_lambda : float
+        The λ of the last step started.
     """
 
     lambda_hat: float
     covered_at: np.ndarray
     seconds: np.ndarray
     steps: int
+    finished: bool = True
+    last_lambda: float = float("nan")
 
 
 class _Image:
@@ -128,7 +135,7 @@ def _algorithm2(
         best, stall = math.inf, 0
         for _ in range(cfg.epochs):
             loss = img.soft_loss(c[None], cfg.tau, cfg.eps)[0]
-            value = float(loss)
+            value = float(loss.detach())
             if value < 1.0 - nu:
                 break
             opt.zero_grad()
@@ -186,7 +193,8 @@ def paper_loop_calibration(
     alpha, nu : float
     config : PaperLoopConfig
     max_seconds : float, optional
-        Abort (TimeoutError) after this much time.
+        Stop after this much time with ``finished=False`` (the partial
+        per-image times and coverage are kept, for extrapolation).
     progress : callable ``(lam, n_uncovered)``, optional
         Called after each λ step.
 
@@ -221,10 +229,10 @@ def paper_loop_calibration(
                 covered_at[i] = lam
             seconds[i] += time.perf_counter() - t0
             if max_seconds is not None and time.perf_counter() - start > max_seconds:
-                raise TimeoutError(f"paper loop exceeded {max_seconds} s at lambda={lam:g}")
+                return PaperLoopResult(float("nan"), covered_at, seconds, j + 1, False, lam)
         uncovered = int(np.sum(~np.isfinite(covered_at)))
         if progress is not None:
             progress(lam, uncovered)
         if uncovered <= m:
-            return PaperLoopResult(lam, covered_at, seconds, j + 1)
+            return PaperLoopResult(lam, covered_at, seconds, j + 1, True, lam)
         j += 1
