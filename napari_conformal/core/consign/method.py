@@ -35,6 +35,7 @@ defined for pixel sets, and a CONSIGN set is a set of segmentations.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -75,7 +76,8 @@ class ConsignMethod(ConformalMethod):
     nu_max : float, optional
         Largest ν the curves answer without more search (default ν).
     device : str or torch.device
-        Where bases and searches live ("auto", "cpu", "cuda", …).
+        Where bases and searches live ("auto", "cpu", "cuda", …; "mps" falls
+        back to the CPU with a warning: the search needs float64).
     search : dict, optional
         Overrides of :class:`~.search.SearchConfig` fields (e.g. ``starts``).
     """
@@ -104,6 +106,13 @@ class ConsignMethod(ConformalMethod):
         self.lambda_max = float(lambda_max)
         self.nu_max = None if nu_max is None else float(nu_max)
         self.device = resolve_device(device)
+        if self.device.type == "mps":  # the search needs float64, which MPS lacks
+            warnings.warn(
+                "CONSIGN runs on the CPU: its search needs float64, which MPS does not support",
+                UserWarning,
+                stacklevel=2,
+            )
+            self.device = torch.device("cpu")
         extra = dict(search or {})
         unknown = sorted(set(extra) - _SEARCH_FIELDS)
         if unknown:

@@ -445,8 +445,10 @@ class CoverageSearch:
         centre, half = self._boxes(ids)
         if acc is None:
             acc = batch.hard_accuracy(c)
-        lam = self._lambda_of(c, centre, half).clamp_min(floor)
-        lam = torch.minimum(lam, torch.as_tensor(cap, dtype=lam.dtype, device=lam.device))
+        lam = torch.minimum(
+            self._lambda_of(c, centre, half), torch.as_tensor(cap, dtype=c.dtype, device=c.device)
+        )
+        lam = lam.clamp_min(floor)  # last: a block never records at or below its lower end
         self._record(ids, c, acc, lam)
         return acc
 
