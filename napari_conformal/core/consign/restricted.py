@@ -42,7 +42,17 @@ import torch
 
 from napari_conformal.core.consign.basis import ImageBasis
 
-__all__ = ["RestrictedBatch", "build_restricted_batch"]
+__all__ = ["PIXEL_CHUNK", "RestrictedBatch", "build_restricted_batch"]
+
+#: Free pixels are padded to a multiple of this; sums over pixels run per chunk, then chunk by chunk in
+#: order, so an image's results do not depend on how far the batch pads it (trailing zero chunks add
+#: exact zeros at the end of a sequential sum).
+PIXEL_CHUNK = 128
+
+
+def _ordered_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the last axis strictly left to right (a cumulative sum's last entry)."""
+    return torch.cumsum(x, dim=-1)[..., -1]
 
 
 @dataclass(frozen=True)
@@ -153,13 +163,25 @@ class RestrictedBatch:
         idx = self.truth[:, None, None, :].expand(e.shape[0], e.shape[1], 1, e.shape[3])
         q = torch.gather(e, 2, idx)  # (B, S, 1, P)
         wq = q * self.weight[:, None, None, :]
-        soft = wq[:, :, 0].sum(dim=2, dtype=torch.float64) + self.fixed_accuracy()[:, None]
+        b, s_count, n_labels, p = e.shape
+        n_chunks = p // PIXEL_CHUNK
+        soft = (
+            _ordered_sum(wq.view(b, s_count, n_chunks, PIXEL_CHUNK).sum(dim=3))
+            + self.fixed_accuracy()[:, None]
+        )
         if not gradient:
             return hard, soft, None
         e.neg_()
         e.scatter_add_(2, idx, torch.ones_like(q))  # 1[l = Y] − p_l
         e *= wq
-        grad = torch.bmm(e.view(e.shape[0], e.shape[1], -1), self.directions.transpose(1, 2)) / float(tau)
+        # per pixel chunk: Σ_{l, p ∈ chunk} e · u_k, then the chunks in order (see _ordered_sum)
+        e_chunks = e.view(b, s_count, n_labels, n_chunks, PIXEL_CHUNK).permute(0, 3, 1, 2, 4)
+        u_chunks = self.directions.view(b, -1, n_labels, n_chunks, PIXEL_CHUNK).permute(0, 3, 2, 4, 1)
+        partial = torch.matmul(
+            e_chunks.reshape(b, n_chunks, s_count, n_labels * PIXEL_CHUNK),
+            u_chunks.reshape(b, n_chunks, n_labels * PIXEL_CHUNK, -1),
+        )  # (B, n_chunks, S, K)
+        grad = _ordered_sum(partial.permute(0, 2, 3, 1)) / float(tau)
         return hard, soft, grad
 
     def _exact_weight(self) -> torch.Tensor:
@@ -283,7 +305,7 @@ def build_restricted_batch(
     dev = bases[0].device
     b = len(bases)
     idx = [torch.nonzero(f).flatten() for f in free]
-    width = max(1, max(int(i.numel()) for i in idx))
+    width = PIXEL_CHUNK * max(1, -(-max(int(i.numel()) for i in idx) // PIXEL_CHUNK))
     mean = torch.zeros(b, n_labels, width, dtype=torch.float64, device=dev)
     directions = torch.zeros(b, k, n_labels, width, dtype=torch.float64, device=dev)
     truth = torch.zeros(b, width, dtype=torch.int64, device=dev)
