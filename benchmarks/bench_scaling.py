@@ -13,7 +13,9 @@ Three measurements (nothing is asserted; results go to ``docs/benchmarks_scaling
     (:func:`napari_conformal.parallel.local_cluster`, passed as ``scheduler``). Each cluster is warmed
     up first (the workers import torch and the method once), so the timing is the steady state.
     The serial run (no dask) is timed with torch's default number of threads and with one thread
-    (dask's worker processes run torch single-threaded).
+    (dask's worker processes run torch single-threaded). The clusters run twice: with dask's default
+    worker environment, which sets ``MALLOC_TRIM_THRESHOLD_=65536`` (glibc then returns freed memory
+    to the system eagerly, which slows code that allocates many small tensors), and without it.
 ``memory``
     Peak resident memory of a fresh process that opens a store and calibrates CRC on all of it, for
     a 200-image and a 2000-image store written image by image with the streaming writer
@@ -54,8 +56,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
         "binary",
         {"alpha": 0.1, "k": 8, "params": {"features": "multiscale", "grid_stride": 2, "device": "cpu"}},
     ),
-    "aps": ("multi", {"alpha": 0.1, "nu": 0.8}),
-    "consign": ("multi", {"alpha": 0.1, "nu": 0.8, "k": 4, "params": {"device": "cpu"}}),
+    "aps": ("multi", {"alpha": 0.2, "nu": 0.7}),
+    "consign": ("multi", {"alpha": 0.2, "nu": 0.7, "k": 4, "params": {"device": "cpu"}}),
 }
 
 
@@ -100,6 +102,7 @@ def part_linear(
 
 
 def part_workers(tmp: Path, method: str, n: int, shape: tuple[int, ...], t: int, repeats: int) -> list[dict]:
+    import dask
     from distributed import Client
 
     from napari_conformal.parallel import local_cluster
@@ -118,17 +121,21 @@ def part_workers(tmp: Path, method: str, n: int, shape: tuple[int, ...], t: int,
         rows.append({"method": method, "n": n, "workers": 0, "torch_threads": threads, "seconds": serial})
         print(f"workers {method:8s} n={n}  serial, {threads} torch thread(s)  {serial:8.2f} s", flush=True)
     torch.set_num_threads(default_threads)
-    for workers in (1, 2):
-        cluster = local_cluster(n_workers=workers)
-        client = Client(cluster)
-        try:
-            _calibrate_seconds(warm, method, scheduler=client)
-            sec = min(_calibrate_seconds(path, method, scheduler=client) for _ in range(repeats))
-        finally:
-            client.close()
-            cluster.close()
-        rows.append({"method": method, "n": n, "workers": workers, "seconds": sec})
-        print(f"workers {method:8s} n={n}  {workers} worker(s)      {sec:8.2f} s", flush=True)
+    default_env = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+    no_trim = {k: v for k, v in default_env.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    for env_name, env in (("dask default", default_env), ("no MALLOC_TRIM_THRESHOLD_", no_trim)):
+        for workers in (1, 2):
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+                cluster = local_cluster(n_workers=workers)
+            client = Client(cluster)
+            try:
+                _calibrate_seconds(warm, method, scheduler=client)
+                sec = min(_calibrate_seconds(path, method, scheduler=client) for _ in range(repeats))
+            finally:
+                client.close()
+                cluster.close()
+            rows.append({"method": method, "n": n, "workers": workers, "env": env_name, "seconds": sec})
+            print(f"workers {method:8s} n={n}  {workers} worker(s), {env_name:26s} {sec:8.2f} s", flush=True)
     return rows
 
 
@@ -272,22 +279,18 @@ def to_markdown(results: dict[str, Any]) -> str:
         lines.append("")
     if results.get("workers"):
         rows = results["workers"]
-        one = next((r["seconds"] for r in rows if r["workers"] == 1), float("nan"))
+        lines += ["## One against two dask workers", ""]
         lines += [
-            "## One against two dask workers",
-            "",
-            "| method | n | workers | seconds | speed-up vs 1 worker |",
+            "| method | n | run | worker environment | seconds | speed-up vs 1 worker |",
+            "|---|---|---|---|---|---|",
         ]
-        lines.append("|---|---|---|---|---|")
         for r in rows:
-            who = (
-                f"serial (no dask), {r['torch_threads']} torch thread(s)"
-                if r["workers"] == 0
-                else str(r["workers"])
-            )
-            lines.append(
-                f"| {r['method']} | {r['n']} | {who} | {r['seconds']:.2f} | {one / r['seconds']:.2f}× |"
-            )
+            if r["workers"] == 0:
+                who, env, speed = f"serial (no dask), {r['torch_threads']} torch thread(s)", "–", "–"
+            else:
+                one = next(x["seconds"] for x in rows if x["workers"] == 1 and x.get("env") == r["env"])
+                who, env, speed = f"{r['workers']} worker(s)", r["env"], f"{one / r['seconds']:.2f}×"
+            lines.append(f"| {r['method']} | {r['n']} | {who} | {env} | {r['seconds']:.2f} | {speed} |")
         lines.append("")
     if results.get("memory"):
         lines += [
