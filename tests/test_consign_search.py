@@ -189,8 +189,9 @@ def test_batched_and_per_image_search_agree(data, bases) -> None:
     together = search_curves(bases[:4], list(data[1][:4]), box, config)
     for i in range(4):
         alone = search_curves([bases[i]], [data[1][i]], box[i : i + 1], config)
-        np.testing.assert_allclose(alone.curves[0].lambdas, together.curves[i].lambdas)
-        np.testing.assert_allclose(alone.curves[0].accuracies, together.curves[i].accuracies)
+        # an image's search does not depend on its batch (up to float64 round-off of BLAS kernels)
+        np.testing.assert_allclose(alone.curves[0].lambdas, together.curves[i].lambdas, rtol=1e-12)
+        np.testing.assert_array_equal(alone.curves[0].accuracies, together.curves[i].accuracies)
 
 
 def test_membership_mode_matches_the_curve(data, bases, searched) -> None:

@@ -13,7 +13,7 @@ The sum runs label by label in float64, exactly as
 :func:`napari_conformal.core.accuracy.labelwise_accuracy_torch`. Scores are
 computed in float64 from the float32 basis: the argmax is then that of exact
 arithmetic except at ties within ~1e-16 (the search never profits from
-rounding luck), and it does not depend on how images are batched. A viewer's
+rounding luck), and it does not depend on the batch beyond float64 round-off. A viewer's
 float32 rendering of the same member (:func:`.members.segment`) can differ
 only at pixels whose top two scores are within float32 rounding.
 
@@ -25,7 +25,7 @@ exp(−margin/τ), and they carry no gradient)::
     soft(c) = fixed part + Σ_{p free} w_p q_p,        w_p = 1/(|𝓛(Y)| n_{Y_p})
     ∂soft/∂c_k = Σ_{p,l} w_p q_p (1[l = Y_p] − softmax_l(s(p)/τ)) / τ · u_{k,l,p}
 
-The gradient is computed in closed form (one batched matrix product), not by
+The gradient is computed in closed form (batched matrix products per pixel chunk, summed in order), not by
 autograd.
 
 A :class:`RestrictedBatch` holds B images' free pixels padded to a common
@@ -46,7 +46,7 @@ __all__ = ["PIXEL_CHUNK", "RestrictedBatch", "build_restricted_batch"]
 
 #: Free pixels are padded to a multiple of this; sums over pixels run per chunk, then chunk by chunk in
 #: order, so an image's results do not depend on how far the batch pads it (trailing zero chunks add
-#: exact zeros at the end of a sequential sum).
+#: exact zeros at the end of a sequential sum), up to the round-off of BLAS kernel choices.
 PIXEL_CHUNK = 128
 
 
