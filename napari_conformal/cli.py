@@ -385,6 +385,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         progress=_progress_bar("report", args.quiet),
     )
     out = write_report(results, args.out, overwrite=args.overwrite)
+    if results["failures"]:  # a result, not an error: the page lists them
+        print(
+            f"{PROG}: warning: lambda_hat reached lambda_max in {len(results['failures'])} of "
+            f"{len(results['runs'])} runs (method, alpha, split); they are listed in the report",
+            file=sys.stderr,
+        )
     if not args.quiet:
         print(f"wrote {out / 'index.html'} and {out / 'results.json'}", file=sys.stderr)
     return 0

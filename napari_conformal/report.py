@@ -57,7 +57,7 @@ from napari_conformal.core.crc import check_calibration_size
 from napari_conformal.core.guarantees import crc_risk_tolerance, repeated_splits, splitcp_coverage_band
 from napari_conformal.core.method import ConformalMethod, make_method, method_class
 from napari_conformal.core.metrics import nanmean_metrics
-from napari_conformal.errors import ConformalError
+from napari_conformal.errors import ConformalError, LambdaMaxReachedError
 
 __all__ = [
     "DEFAULT_N_SAMPLES",
@@ -413,8 +413,10 @@ def iter_report(
         The ``results.json`` document (generator return value): ``settings``, ``splits``
         (calibration and test indices), ``runs`` (one per method, α and split, each with
         ``lambda_hat``, ``per_image`` and ``mean`` as in ``METRICS.json``), ``summary`` (mean ± std
-        over splits and guarantee checks per method and α) and ``reference`` (the model's own
-        prediction, for binary methods).
+        over splits and guarantee checks per method and α), ``reference`` (the model's own
+        prediction, for binary methods) and ``failures``: one message per (method, α, split) whose
+        λ̂ reached the method's λ_max; such a run has ``lambda_hat`` None, an ``error`` and no
+        per-image rows (the method cannot guarantee that α on that calibration set).
     """
     from napari_conformal import __version__
     from napari_conformal.api import iter_map_images
@@ -456,13 +458,15 @@ def iter_report(
         curves_list = yield from _offset(gen, 0, total)
         curves = dict(zip(cal_images, curves_list, strict=True))
 
-        lam = {
+        outcomes = {
             name: [
                 _split_lambdas(objs[name][a], name, a, alpha_list[a], curves, split_list)
                 for a in range(len(alpha_list))
             ]
             for name in names
         }
+        lam = {name: [[v for v, _ in row] for row in rows] for name, rows in outcomes.items()}
+        failures = [e for rows in outcomes.values() for row in rows for _, e in row if e is not None]
         del curves, curves_list  # pass 2 needs only λ̂
 
         # pass 2: metrics at the λ̂ of every split the image is tested in
@@ -472,7 +476,9 @@ def iter_report(
                 tested_in[i].append(r)
         per_image_lams = {
             i: {
-                name: [sorted({lam[name][a][r] for r in tested_in[i]}) for a in range(len(alpha_list))]
+                name: [
+                    sorted({lam[name][a][r] for r in tested_in[i]} - {None}) for a in range(len(alpha_list))
+                ]
                 for name in names
             }
             for i in test_images
@@ -498,24 +504,26 @@ def iter_report(
     for name in names:
         for a, alpha in enumerate(alpha_list):
             for r, (cal, test) in enumerate(split_list):
-                value = lam[name][a][r]
+                value, error = outcomes[name][a][r]
                 rows = []
-                for i in test:
-                    j = per_image_lams[i][name][a].index(value)
-                    rows.append({"index": i, **metrics[i]["methods"][name][a][j]})
-                runs.append(
-                    {
-                        "method": name,
-                        "alpha": alpha,
-                        "split": r,
-                        "lambda_hat": value,
-                        "n_cal": len(cal),
-                        "n_test": len(test),
-                        "sampled": bool(sampling_n[name][a]),
-                        "per_image": rows,
-                        "mean": nanmean_metrics(rows),
-                    }
-                )
+                if value is not None:
+                    for i in test:
+                        j = per_image_lams[i][name][a].index(value)
+                        rows.append({"index": i, **metrics[i]["methods"][name][a][j]})
+                run = {
+                    "method": name,
+                    "alpha": alpha,
+                    "split": r,
+                    "lambda_hat": value,
+                    "n_cal": len(cal),
+                    "n_test": len(test),
+                    "sampled": bool(sampling_n[name][a]) and value is not None,
+                    "per_image": rows,
+                    "mean": nanmean_metrics(rows),
+                }
+                if error is not None:
+                    run["error"] = error
+                runs.append(run)
     reference = None
     if reference_fg is not None:
         per_split = [
@@ -562,6 +570,7 @@ def iter_report(
         "splits": [{"cal": cal, "test": test} for cal, test in split_list],
         "runs": runs,
         "summary": summarize_runs(runs, {n: guarantee_kind(objs[n][0]) for n in names}, false_alarm),
+        "failures": failures,
         "reference": reference,
     }
 
@@ -590,15 +599,22 @@ def _split_lambdas(
     alpha: float,
     curves: Mapping[int, Mapping[str, Sequence[Any]]],
     split_list: Sequence[tuple[list[int], list[int]]],
-) -> list[float]:
-    """λ̂ of every split for one (method, α): the method's exact reduction of its stored curves."""
+) -> list[tuple[float | None, str | None]]:
+    """λ̂ of every split for one (method, α): the method's exact reduction of its stored curves.
+
+    A split whose λ̂ reaches the method's λ_max (:class:`LambdaMaxReachedError`) is a result, not
+    bad input: it gives ``(None, message)`` and the report shows it. Other errors propagate.
+    """
     m = copy.copy(method)  # λ̂ caches stay on the copy, not on the object shipped for pass 2
-    out = []
+    out: list[tuple[float | None, str | None]] = []
     for r, (cal, _) in enumerate(split_list):
+        label = f"method {name}, alpha {alpha:g}, split {r}"
         try:
-            out.append(float(m.lambda_hat([curves[i][name][a] for i in cal])))
+            out.append((float(m.lambda_hat([curves[i][name][a] for i in cal])), None))
+        except LambdaMaxReachedError as exc:
+            out.append((None, f"{label}: {' '.join(str(exc).split())}"))
         except ConformalError as exc:
-            raise type(exc)(f"method {name}, alpha {alpha:g}, split {r}: {exc}") from None
+            raise type(exc)(f"{label}: {exc}") from None
     return out
 
 
@@ -708,6 +724,7 @@ def _guarantee(kind: str, alpha: float, runs: Sequence[Mapping[str, Any]], false
         "mean_realised": mean,
         "mean_low": mean_low,
         "splits_below_band": int(sum(1 for p in per_split if p.get("inside") is False)),
+        "failed_splits": int(sum(1 for run in runs if run.get("lambda_hat") is None)),
     }
 
 
@@ -742,7 +759,7 @@ def summarize_runs(
             {
                 "method": name,
                 "alpha": alpha,
-                "lambda_hat": [float(r["lambda_hat"]) for r in group],
+                "lambda_hat": [None if r["lambda_hat"] is None else float(r["lambda_hat"]) for r in group],
                 "lambda_hat_summary": _mean_std([r["lambda_hat"] for r in group]),
                 "metrics": _mean_std_dicts([r["mean"] for r in group]),
                 "guarantee": _guarantee(kinds[name], alpha, group, false_alarm),

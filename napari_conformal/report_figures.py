@@ -158,7 +158,7 @@ def figure_coverage(doc: Mapping[str, Any], path: Path) -> None:
                     lows.append(p["low"])
                 below = p.get("inside") is False
                 ax.plot(x0 + dx, p["realised"], "o", ms=4, color="tab:red" if below else "tab:blue", zorder=3)
-            if points:
+            if points and math.isfinite(_num(g["mean_realised"])):
                 ax.plot(x0, g["mean_realised"], "D", ms=6, mfc="none", mec="k", zorder=4)
         lo = min([*xs, *lows])
         ax.plot([lo, 1.0], [lo, 1.0], "k--", lw=0.8)
@@ -183,7 +183,7 @@ def figure_lambda(doc: Mapping[str, Any], path: Path) -> None:
     fig, axes = _grid(plt, len(methods))
     for ax, name in zip(axes, methods, strict=True):
         for alpha in doc["settings"]["alphas"]:
-            lams = summary[name][float(alpha)]["lambda_hat"]
+            lams = [_num(v) for v in summary[name][float(alpha)]["lambda_hat"]]  # None: λ_max reached
             ax.plot(range(len(lams)), lams, "o-", ms=4, label=f"α = {alpha:g}")
         ax.set_xlabel("split")
         ax.set_ylabel("λ̂")
@@ -358,6 +358,9 @@ def _guarantee_table_html(doc: Mapping[str, Any]) -> str:
             band = " / ".join(f"≥ {v:.3f}" for v in lows) if lows else "–"
             ok = g["splits_below_band"] == 0
             verdict = "all splits inside" if ok else f"{g['splits_below_band']} of {len(real)} below"
+        if g.get("failed_splits"):
+            ok = False
+            verdict += f"; λ̂ reached λ_max in {g['failed_splits']} split(s)"
         cls = "" if ok else ' class="warn"'
         body.append(
             f"<tr{cls}><td>{html.escape(display_name(entry['method']))}</td><td>{entry['alpha']:g}</td>"
@@ -464,6 +467,15 @@ def render_report(doc: Mapping[str, Any], out_dir: str | Path) -> list[str]:
         "spread across fresh datasets, and the bands must not be combined over splits as if they "
         "were independent.</p>\n"
     )
+    if doc.get("failures"):
+        items = "".join(f"<li>{html.escape(msg)}</li>" for msg in doc["failures"])
+        sections.append(
+            '<h2>Runs without a λ̂</h2>\n<p class="note">In these splits the method could not reach the '
+            "guarantee within its largest λ (λ_max): the set would have to be larger than the method "
+            "allows, so it cannot promise that α (at that ν) from that calibration set. These runs have "
+            "no test metrics and are left out of the means.</p>\n"
+            f"<ul>{items}</ul>\n"
+        )
     sections.append(_guarantee_table_html(doc))
     figure_coverage(doc, out / "coverage.png")
     written.append("coverage.png")

@@ -248,6 +248,35 @@ def test_cancel_stops_with_nothing(binary_store):
     assert len(calls) == 3
 
 
+def test_lambda_max_in_some_runs_is_reported_not_fatal(binary_store, tmp_path, monkeypatch, capsys):
+    """A (method, α, split) whose λ̂ reaches λ_max is listed, has no metrics, and the rest is intact."""
+    from napari_conformal.core.crc_method import CRCMethod
+    from napari_conformal.errors import LambdaMaxReachedError
+
+    original = CRCMethod.lambda_hat
+
+    def lambda_hat(self, curves, alpha=None, nu=None):
+        if self.alpha == 0.1:
+            raise LambdaMaxReachedError("the set reaches lambda_max")
+        return original(self, curves, alpha, nu)
+
+    monkeypatch.setattr(CRCMethod, "lambda_hat", lambda_hat)
+    res = build_report(open_store(binary_store), ("crc",), ALPHAS, splits=2, n_cal=N_CAL, seed=SEED)
+    assert len(res["failures"]) == 2 and all("alpha 0.1" in f and "lambda_max" in f for f in res["failures"])
+    for run in res["runs"]:
+        failed = run["alpha"] == 0.1
+        assert (run["lambda_hat"] is None) is failed and ("error" in run) is failed
+        assert (len(run["per_image"]) == 0) is failed
+    (entry,) = [e for e in res["summary"] if e["alpha"] == 0.1]
+    assert entry["guarantee"]["failed_splits"] == 2 and entry["lambda_hat"] == [None, None]
+    out = write_report(res, tmp_path / "rep")
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "Runs without a λ̂" in page and "split 1" in page
+    argv = ["report", str(binary_store), "--methods", "crc", "--alpha", "0.2,0.1", "--splits", "1"]
+    assert main([*argv, "--out", str(tmp_path / "cli"), "-q"]) == 0
+    assert "warning: lambda_hat reached lambda_max in 1 of 2 runs" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------ inputs
 
 
