@@ -159,20 +159,59 @@ def bench_pixelwise(multi: Path, repeats: int) -> list[tuple[str, list[float], l
     wait_settled(dock)
     rows = []
 
-    def shown(_: float) -> bool:
+    def shown(v: float, level: str = "alpha") -> bool:
         prov = dock.layers.get("size:aps").metadata["napari_conformal"]
-        return prov["alpha"] == ws.alpha and prov["nu"] == ws.nu
+        return prov["alpha"] == ws.alpha and prov["nu"] == ws.nu and abs(getattr(ws, level) - v) < 1e-9
 
     u, f = time_moves(dock, dock.levels.alpha_slider.setValue, _alpha_values(repeats), shown)
     rows.append(("Pixel-wise view: α (set-size map)", u, f))
     nus = [float(v) for v in np.round(np.linspace(0.6, 0.9, repeats), 3)]
-    u, f = time_moves(dock, dock.levels.nu_slider.setValue, nus, shown)
+    u, f = time_moves(dock, dock.levels.nu_slider.setValue, nus, lambda v: shown(v, "nu"))
     rows.append(("Pixel-wise view: ν (set-size map)", u, f))
     dock.n_spin.setValue(10)
     dock.draw_members()
     wait_settled(dock)
-    u, f = time_moves(dock, dock.levels.alpha_slider.setValue, _alpha_values(repeats)[::-1], shown)
+    alphas = [float(v) for v in np.round(np.linspace(0.44, 0.21, repeats), 3)]  # each differs from the last
+    u, f = time_moves(dock, dock.levels.alpha_slider.setValue, alphas, shown)
     rows.append(("Pixel-wise view: α (set size + 10 members)", u, f))
+    viewer.close()
+    return rows
+
+
+def bench_consign(multi: Path, repeats: int, nu: float = 0.95) -> list[tuple[str, list[float], list[float]]]:
+    import napari
+
+    from napari_conformal._widgets.consign_explorer import ConsignExplorer
+
+    viewer = napari.Viewer(show=True)
+    dock = ConsignExplorer(viewer)
+    viewer.window.add_dock_widget(dock)
+    ws = publish(viewer, multi, "consign", alpha=0.2, nu=nu, k=3)  # ν high enough for a box with λ̂ > 0
+    wait_settled(dock)
+    rows = []
+    lo, hi = dock.coefficient_sliders[0].minimum(), dock.coefficient_sliders[0].maximum()
+    values = [float(v) for v in np.linspace(lo, hi, repeats)]
+
+    def member_shown(v: float) -> bool:
+        prov = dock.layers.get("consign:member").metadata["napari_conformal"]
+        return abs(prov["coefficients"][0] - v) <= 1e-3 * (hi - lo)
+
+    u, f = time_moves(dock, lambda v: dock.set_coefficient(0, v), values, member_shown)
+    rows.append(("CONSIGN explorer: coefficient c1 (member)", u, f))
+
+    def level_shown(v: float) -> bool:
+        prov = dock.layers.get("consign:always").metadata["napari_conformal"]
+        return prov["nu"] == ws.nu and abs(ws.nu - v) < 1e-9
+
+    nus = [float(v) for v in np.round(np.linspace(nu - 0.05, nu, repeats), 3)]  # ≤ the calibrated ν: cached
+    u, f = time_moves(dock, dock.levels.nu_slider.setValue, nus, level_shown)
+    rows.append(("CONSIGN explorer: ν (member + always/possibly)", u, f))
+    dock.n_spin.setValue(10)
+    dock.draw_members()
+    wait_settled(dock)
+    back = [float(v) for v in np.round(np.linspace(nu - 0.002, nu - 0.048, repeats), 3)]  # each differs
+    u, f = time_moves(dock, dock.levels.nu_slider.setValue, back, level_shown)
+    rows.append(("CONSIGN explorer: ν (member, regions + 10 members)", u, f))
     viewer.close()
     return rows
 
@@ -196,8 +235,14 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             binary, multi = make_stores(Path(tmp), shape, args.images)
             print(f"{size}: stores built in {time.perf_counter() - t0:.1f} s", flush=True)
-            for bench, store in ((bench_rwcp, binary), (bench_pixelwise, multi)):
-                for name, u, f in bench(store, args.repeats):
+            consign_nu = 0.95 if len(shape) == 2 else 0.9  # searches at ν = 0.95 take minutes in 3D
+            benches = (
+                (bench_rwcp, binary, {}),
+                (bench_pixelwise, multi, {}),
+                (bench_consign, multi, {"nu": consign_nu}),
+            )
+            for bench, store, extra in benches:
+                for name, u, f in bench(store, args.repeats, **extra):
                     label = "×".join(str(s) for s in shape)
                     results.append((label, name, u, f))
                     print(

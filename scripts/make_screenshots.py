@@ -87,7 +87,9 @@ def synthetic_stores(folder: Path) -> tuple[Path, Path]:
     return binary, multi
 
 
-def publish(viewer, store_path: Path, method: str, *, alpha: float, nu: float | None = None, params=None):
+def publish(
+    viewer, store_path: Path, method: str, *, alpha: float, nu: float | None = None, k=None, params=None
+):
     """Calibrate ``method`` (half of the images) and publish it into the viewer's workspace."""
     from napari_conformal._widgets._common import context_for
     from napari_conformal.api import drive
@@ -98,7 +100,7 @@ def publish(viewer, store_path: Path, method: str, *, alpha: float, nu: float | 
     store = open_store(store_path)
     cal, test = random_split(store.n_images, 0.5, 0)
     calibrated = drive(
-        iter_calibrate_keeping_curves(store, method, alpha=alpha, nu=nu, cal_indices=cal, params=params)
+        iter_calibrate_keeping_curves(store, method, alpha=alpha, nu=nu, k=k, cal_indices=cal, params=params)
     )
     ctx = context_for(viewer)
     ctx.workspace.publish(store, calibrated, test)
@@ -151,6 +153,24 @@ def shot_pixelwise(store: Path, out: Path) -> None:
     viewer.close()
 
 
+def shot_consign(store: Path, out: Path) -> None:
+    from napari_conformal._widgets.consign_explorer import ConsignExplorer
+
+    viewer = new_viewer("CONSIGN explorer")
+    dock = ConsignExplorer(viewer)
+    viewer.window.add_dock_widget(dock, name="CONSIGN explorer")
+    publish(viewer, store, "consign", alpha=0.1, nu=0.95, k=5)
+    wait_until(lambda: dock.settled() and dock.layers.get("consign:member") is not None)
+    lo = [s.minimum() for s in dock.coefficient_sliders]
+    dock.set_coefficient(0, lo[0])  # the member at one end of the first direction
+    dock.n_spin.setValue(20)
+    dock.draw_members()
+    wait_until(dock.settled)
+    dock.layers.get("consign:members").visible = False
+    save(viewer, out / "consign_explorer.png")
+    viewer.close()
+
+
 def shot_metrics(store: Path, out: Path) -> None:
     from napari_conformal._widgets.metrics_panel import MetricsPanel
     from napari_conformal.api import drive
@@ -158,10 +178,8 @@ def shot_metrics(store: Path, out: Path) -> None:
     viewer = new_viewer("metrics")
     dock = MetricsPanel(viewer)
     viewer.window.add_dock_widget(dock, name="Conformal metrics")
-    ws = publish(viewer, store, "crc", alpha=0.1)
-    for name in ("consema", "aps"):
-        if name == "aps":
-            ws.nu = 0.98
+    ws = publish(viewer, store, "consign", alpha=0.1, nu=0.95, k=5)
+    for name in ("aps", "crc"):
         ws.add_session(drive(ws.iter_companion(name)))
     wait_until(dock.settled)
     dock.evaluate_test_set()
@@ -175,7 +193,8 @@ SHOTS = {
     "calibration": ("binary", shot_calibration),
     "rwcp": ("binary", shot_rwcp),
     "pixelwise": ("multi", shot_pixelwise),
-    "metrics": ("binary", shot_metrics),
+    "consign": ("multi", shot_consign),
+    "metrics": ("multi", shot_metrics),
 }
 
 

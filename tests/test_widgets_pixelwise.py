@@ -63,3 +63,6 @@ def test_alpha_nu_sliders_members_and_method_switch(make_napari_viewer, qtbot, t
     prepared, lam = expected_size("sacp")
     assert_same(view.layers.get("size:sacp").data, set_size_map(prepared, lam))
     assert_same(view.layers.get("members:sacp").data, sample_members(prepared, lam, 7, 3))
+
+    screenshot = viewer.screenshot(canvas_only=False, flash=False)
+    assert screenshot[..., :3].std() > 5

@@ -107,6 +107,17 @@ def set_colormap(layer: Any, colour: str) -> None:
 # --------------------------------------------------------------------------------------- layers
 
 
+def layer_kind(layer: Any) -> str:
+    """``"labels"`` or ``"image"`` (the two layer types the plugin makes), else the class name."""
+    from napari.layers import Image, Labels
+
+    if isinstance(layer, Labels):
+        return "labels"
+    if isinstance(layer, Image):
+        return "image"
+    return type(layer).__name__.lower()
+
+
 class ResultLayers:
     """The layers the plugin created in one viewer, by key.
 
@@ -195,7 +206,7 @@ class ResultLayers:
         if viewer is None:
             return None
         layer = self.get(key)
-        if layer is not None and layer._type_string != kind:
+        if layer is not None and layer_kind(layer) != kind:
             layer = None
         if scale is not None:
             scale = tuple(float(s) for s in scale)
@@ -337,7 +348,7 @@ class LevelSliders(QWidget):
         *,
         with_nu: bool = False,
         alpha_range: tuple[float, float] = (0.01, 0.5),
-        nu_range: tuple[float, float] = (0.5, 0.99),
+        nu_range: tuple[float, float] = (0.0, 0.995),
     ) -> None:
         super().__init__()
         from superqt import QLabeledDoubleSlider
@@ -703,7 +714,7 @@ class ExplorerBase(QWidget):
                 "translate": list(layer.translate),
                 "metadata": layer.metadata,
             }
-            items.append(ExportItem(np.asarray(layer.data), layer._type_string, attributes))
+            items.append(ExportItem(np.asarray(layer.data), layer_kind(layer), attributes))
         return export_results(folder, items, self.export_records())
 
     def _export_dialog(self) -> None:

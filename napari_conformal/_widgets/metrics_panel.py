@@ -367,7 +367,7 @@ class MetricsPanel(ExplorerBase):
                     self._twin.set_ylabel("q̂ (dilations)", fontsize=7)
                 self._twin.step(x, y, where="post", color=METHOD_COLOURS.get(name), label=title(name), lw=1.2)
             else:
-                ax.plot(x, y, color=METHOD_COLOURS.get(name), label=title(name), lw=1.2)
+                ax.plot(x, y, color=METHOD_COLOURS.get(name), label=title(name), lw=1.2, marker="o", ms=2)
         ax.axvline(alpha, color=c["accent"], lw=1, ls="--")
         ax.set_title("λ̂ against α", fontsize=8)
         ax.set_xlabel("α", fontsize=7)
@@ -376,7 +376,7 @@ class MetricsPanel(ExplorerBase):
         ax = self.axes["coverage"]
         ax.plot([0.5, 1.0], [0.5, 1.0], color=c["grid"], lw=1, ls=":", label="1 − α")
         for name, (x, y) in data.get("coverage", {}).items():
-            ax.plot(x, y, color=METHOD_COLOURS.get(name), label=title(name), lw=1.2)
+            ax.plot(x, y, color=METHOD_COLOURS.get(name), label=title(name), lw=1.2, marker="o", ms=2)
         ax.axvline(1 - alpha, color=c["accent"], lw=1, ls="--")
         ax.set_title("test coverage against 1 − α", fontsize=8)
         ax.set_xlabel("1 − α", fontsize=7)
@@ -394,8 +394,13 @@ class MetricsPanel(ExplorerBase):
 
         image = data.get("image", {})
         shown = "selected image" if ws.index is None else f"image {ws.index}"
-        self._bars(self.axes["image"], image, _IMAGE_KEYS, f"{shown} at α = {alpha:.3g}")
-        self._bars(self.axes["distance"], image, _DISTANCE_KEYS, f"{shown}: distances (mm)")
+        test = data.get("test", {})
+        self._bars(
+            self.axes["image"], image, test, _IMAGE_KEYS, f"{shown} at α = {alpha:.3g} (◆ test-set mean)"
+        )
+        self._bars(
+            self.axes["distance"], image, test, _DISTANCE_KEYS, f"{shown}: distances (mm) (◆ test mean)"
+        )
 
         ax = self.axes["chao1"]
         for name, metrics in image.items():
@@ -451,23 +456,36 @@ class MetricsPanel(ExplorerBase):
         self.canvas.draw_idle()
         self.draw_count += 1
 
-    def _bars(self, ax: Any, results: dict[str, dict[str, Any]], keys: tuple[str, ...], heading: str) -> None:
-        present = [k for k in keys if any(_finite(r.get(k)) for r in results.values())]
-        names = [n for n in results if any(_finite(results[n].get(k)) for k in present)]
+    def _bars(
+        self,
+        ax: Any,
+        results: dict[str, dict[str, Any]],
+        test: dict[str, dict[str, Any]],
+        keys: tuple[str, ...],
+        heading: str,
+    ) -> None:
+        """Bars of the selected image per method and metric; diamonds at the test-set means."""
+        sources = [*results.values(), *test.values()]
+        present = [k for k in keys if any(_finite(r.get(k)) for r in sources)]
+        names = [
+            n
+            for n in {**results, **test}
+            if any(_finite({**test.get(n, {}), **results.get(n, {})}.get(k)) for k in present)
+        ]
         ax.set_title(heading, fontsize=8)
         if not present or not names:
             return
         width = 0.8 / len(names)
         x = np.arange(len(present))
         for j, name in enumerate(names):
-            values = [float(results[name].get(k)) if _finite(results[name].get(k)) else 0.0 for k in present]
-            ax.bar(
-                x + (j - (len(names) - 1) / 2) * width,
-                values,
-                width,
-                color=METHOD_COLOURS.get(name),
-                label=title(name),
-            )
+            pos = x + (j - (len(names) - 1) / 2) * width
+            row = results.get(name, {})
+            values = [float(row[k]) if _finite(row.get(k)) else 0.0 for k in present]
+            ax.bar(pos, values, width, color=METHOD_COLOURS.get(name), label=title(name))
+            means = test.get(name, {})
+            marks = [(p, float(means[k])) for p, k in zip(pos, present, strict=True) if _finite(means.get(k))]
+            if marks:
+                ax.plot(*zip(*marks, strict=True), ls="none", marker="D", ms=4, color=self.colours["text"])
         ax.set_xticks(x, present, fontsize=7)
 
 
