@@ -733,8 +733,8 @@ class APS(PixelwiseMethod):
         return aps_scores(probs, u=u)
 
     def params(self) -> dict[str, Any]:
-        """``score``, ``randomized``, ``seed``."""
-        return {"score": "aps", "randomized": self.randomized, "seed": self.seed}
+        """``randomized``, ``seed`` (the score is the method name)."""
+        return {"randomized": self.randomized, "seed": self.seed}
 
 
 @register("raps")
@@ -775,8 +775,8 @@ class RAPS(PixelwiseMethod):
         return aps_scores(probs, reg_weight=self.reg_weight, k_reg=k_reg)
 
     def params(self) -> dict[str, Any]:
-        """``score``, ``reg_weight``, ``k_reg`` (None = ⌊L/2⌋)."""
-        return {"score": "raps", "reg_weight": self.reg_weight, "k_reg": self.k_reg}
+        """``reg_weight``, ``k_reg`` (None = ⌊L/2⌋)."""
+        return {"reg_weight": self.reg_weight, "k_reg": self.k_reg}
 
 
 @register("lac")
@@ -788,8 +788,8 @@ class LAC(PixelwiseMethod):
         return lac_scores(probs)
 
     def params(self) -> dict[str, Any]:
-        """``score``."""
-        return {"score": "lac"}
+        """None: LAC has no parameters beyond α and ν."""
+        return {}
 
 
 # SACP builds on this module; importing it here registers "sacp" with the built-in lookup of method.py

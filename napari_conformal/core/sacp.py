@@ -177,10 +177,9 @@ class SACP(PixelwiseMethod):
         return aggregate_scores(aps_scores(probs), self.weight, self.size, mode=self.mode)
 
     def params(self) -> dict[str, Any]:
-        """``score``, ``variant``, ``weight``, ``size``, ``mode``."""
+        """``variant``, ``weight``, ``size``, ``mode``."""
         size = self.size if np.ndim(self.size) == 0 else [int(s) for s in self.size]
         return {
-            "score": "sacp",
             "variant": self.variant,
             "weight": self.weight,
             "size": size,
