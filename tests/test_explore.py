@@ -23,12 +23,6 @@ from napari_conformal.explore.session import MethodSession, approximate_nbytes
 from napari_conformal.explore.workspace import Workspace
 
 
-def _rebuildable(record: dict) -> dict:
-    """The record without the pixel-wise ``score`` tag, which ``make_method`` does not accept (reported)."""
-    params = {k: v for k, v in (record.get("params") or {}).items() if k != "score"}
-    return {**record, "params": params}
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return binary_store(tmp_path_factory.mktemp("explore") / "s.zarr", n=20)
@@ -138,7 +132,7 @@ def test_coverage_curves_equal_brute_force_for_crc_and_pixelwise(store, mstore):
     psession = MethodSession(presult, mstore)
     pcurves = drive(iter_test_curves(psession, ptest))
     for nu in (0.6, 0.8):
-        record = _rebuildable(calibrate(mstore, "aps", alpha=0.25, nu=nu, cal_indices=pcal))
+        record = calibrate(mstore, "aps", alpha=0.25, nu=nu, cal_indices=pcal)
         covered = evaluate(mstore, record, test_indices=ptest, n_samples=())["mean"]["covered"]
         assert coverage_curve(psession, pcurves, [0.25], nu)[0] == pytest.approx(covered, abs=1e-12)
         for j, curve in pcurves.items():
@@ -153,7 +147,7 @@ def test_test_set_metrics_equal_the_api_evaluation(store):
     curves, metrics = drive(iter_test_set(sessions, test, alpha=0.3, nu=0.8, n_samples=(5, 10)))
     assert set(curves) == {"crc", "aps"} and set(curves["crc"]) == set(test)
     for name, session in zip(("crc", "aps"), sessions, strict=True):
-        record = _rebuildable(dict(session.record, alpha=0.3, lambda_hat=session.lambda_hat(0.3, 0.8)))
+        record = dict(session.record, alpha=0.3, lambda_hat=session.lambda_hat(0.3, 0.8))
         reference = evaluate(store, record, test_indices=test, n_samples=(5, 10))
         assert metrics[name].lambda_hat == record["lambda_hat"]
         assert json.dumps(metrics[name].mean, sort_keys=True) == json.dumps(reference["mean"], sort_keys=True)
@@ -196,7 +190,7 @@ def test_method_at_sets_the_levels_on_a_copy(store):
     assert session.method_at(0.2, 0.8) is result.method and session.method_at(0.3, 0.6) is at
     i = test[0]
     lam = session.lambda_hat(0.3, 0.6)
-    record = _rebuildable(dict(result.record, alpha=0.3, nu=0.6, lambda_hat=lam))
+    record = dict(result.record, alpha=0.3, nu=0.6, lambda_hat=lam)
     reference = evaluate(store, record, test_indices=[i], n_samples=())["per_image"][0]
     assert at.evaluate(session.prepared(i), store.label(i), lam)["covered"] == reference["covered"]
 

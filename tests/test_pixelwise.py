@@ -465,8 +465,10 @@ def test_registration_and_params():
         assert method.uses_nu and method.samples_members and not method.uses_k
         json.dumps(method.params())
     assert make_method("raps", alpha=0.1, nu=0.9).params() == {
-        "score": "raps",
         "reg_weight": 0.05,
         "k_reg": None,
     }
     assert make_method("aps", alpha=0.1, nu=0.9, randomized=True, seed=4).params()["randomized"] is True
+    for name in ("aps", "raps", "lac", "sacp"):  # params() rebuild an equal method
+        method = make_method(name, alpha=0.1, nu=0.9)
+        assert make_method(name, alpha=0.1, nu=0.9, **method.params()).params() == method.params()

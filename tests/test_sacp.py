@@ -130,7 +130,6 @@ def test_anisotropic_size_and_params():
     np.testing.assert_allclose(method.prepare(None, samples).scores, want, rtol=0, atol=1e-12)
     params = method.params()
     assert params == {
-        "score": "sacp",
         "variant": "consign",
         "weight": 0.3,
         "size": [1, 7, 7],
