@@ -116,3 +116,48 @@ def test_calibration_error_from_worker_becomes_notification(widget, qtbot, tmp_p
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     assert widget.calibration is None and len(widget.viewer.layers) == 0
     assert any("too few calibration images" in m for m in seen), seen
+
+
+def test_rwcp_inputs_and_the_stores_own_split(widget, qtbot, tmp_path):
+    """Extractor, k, β and steps reach the method; a store's recorded split is used when asked."""
+    import zarr
+
+    store_path = _binary_store(tmp_path / "split.zarr", n=24)
+    cal, test = list(range(3, 23)), [0, 1, 2, 23]
+    zarr.open_group(str(store_path), mode="r+").attrs["split"] = {
+        "train": [],
+        "calibration": cal,
+        "test": test,
+    }
+    _choose(widget, store_path, "rwcp", alpha=0.2)
+    assert widget.features_combo.isEnabled() and widget.steps_spin.isEnabled()
+    assert not widget.model_dir_edit.isEnabled()  # only for the DINO extractors
+    widget.features_combo.setCurrentText("multiscale")
+    widget.k_spin.setValue(6)
+    widget.beta_spin.setValue(20.0)
+    widget.steps_spin.setValue(3)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    record = widget.calibration
+    assert record is not None, widget.status.text()
+    assert record["cal_indices"] == cal and record["k"] == 6
+    assert record["params"]["features"] == "multiscale"
+    assert record["params"]["rw_beta"] == 20.0 and record["params"]["n_step"] == 3
+    store = open_store(store_path)
+    expected = calibrate(
+        store,
+        "rwcp",
+        alpha=0.2,
+        k=6,
+        cal_indices=cal,
+        params={"features": "multiscale", "rw_beta": 20.0, "n_step": 3},
+    )
+    assert record["lambda_hat"] == expected["lambda_hat"]
+
+    # switching the method greys the RW-CP inputs out; unticking the box goes back to a random split
+    widget.method_combo.setCurrentIndex(widget.method_combo.findData("crc"))
+    assert not widget.features_combo.isEnabled() and not widget.beta_spin.isEnabled()
+    widget.store_split_check.setChecked(False)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert widget.calibration["cal_indices"] == random_split(24, 0.5, 0)[0]

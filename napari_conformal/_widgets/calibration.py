@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -56,6 +57,25 @@ def _devices() -> list[str]:
     return ["auto", "cpu"] + [f"cuda:{i}" for i in range(n)]
 
 
+def store_split(store: Any) -> tuple[list[int], list[int]] | None:
+    """The store's recorded ``attrs["split"]`` (calibration, test), or None when it has none.
+
+    Demo stores record the split documented in ``docs/demo_data.md``; a split that
+    names images outside the store is ignored (None).
+    """
+    split = store.attrs.get("split")
+    if not isinstance(split, dict):
+        return None
+    try:
+        cal = [int(i) for i in split.get("calibration") or []]
+        test = [int(i) for i in split.get("test") or []]
+    except (TypeError, ValueError):
+        return None
+    if not cal or not all(0 <= i < store.n_images for i in cal + test):
+        return None
+    return cal, test
+
+
 class CalibrationWidget(QWidget):
     """Dock widget that calibrates a conformal method on a dataset store.
 
@@ -93,7 +113,26 @@ class CalibrationWidget(QWidget):
         self.k_spin.setRange(1, 200)
         self.k_spin.setValue(5)
         self.k_spin.setToolTip("principal components K (CONSIGN) or graph neighbours k (RW-CP)")
+        # RW-CP graph and walk (SPEC §5): extractor, kernel scale β, steps; k is the K / k box above
+        from napari_conformal.core.features import available_extractors
+
+        self.features_combo = QComboBox()
+        self.features_combo.addItems(available_extractors())
+        self.features_combo.setCurrentText("efficientnet-lite0")
+        self.features_combo.setToolTip("RW-CP image features that the kNN graph is built from")
+        self.model_dir_edit = QLineEdit()
+        self.model_dir_edit.setPlaceholderText("local Hugging Face folder (DINOv2 / DINOv3 only)")
+        self.beta_spin = self._double(0.0, 1000.0, 50.0, 1, "RW-CP kernel scale β of exp(−β·(1 − cos))")
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(0, 100)
+        self.steps_spin.setValue(10)
+        self.steps_spin.setToolTip("RW-CP random-walk steps")
         self.fraction_spin = self._double(0.05, 0.95, 0.5, 2, "fraction of images used for calibration")
+        self.store_split_check = QCheckBox("use the store's own split when it has one")
+        self.store_split_check.setChecked(True)
+        self.store_split_check.setToolTip(
+            "demo stores record a calibration/test split; otherwise a random split with this fraction and seed"
+        )
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
         self.device_combo = QComboBox()
@@ -109,7 +148,12 @@ class CalibrationWidget(QWidget):
         form.addRow("α", self.alpha_spin)
         form.addRow("ν", self.nu_spin)
         form.addRow("K / k", self.k_spin)
+        form.addRow("Features", self.features_combo)
+        form.addRow("Model folder", self.model_dir_edit)
+        form.addRow("β", self.beta_spin)
+        form.addRow("Steps", self.steps_spin)
         form.addRow("Calibration fraction", self.fraction_spin)
+        form.addRow("", self.store_split_check)
         form.addRow("Split seed", self.seed_spin)
         form.addRow("Device", self.device_combo)
         layout = QVBoxLayout(self)
@@ -120,6 +164,7 @@ class CalibrationWidget(QWidget):
 
         self._method_class = method_class
         self.method_combo.currentIndexChanged.connect(self._method_changed)
+        self.features_combo.currentIndexChanged.connect(self._method_changed)
         self._method_changed()
 
     @staticmethod
@@ -141,7 +186,12 @@ class CalibrationWidget(QWidget):
             self.alpha_spin,
             self.nu_spin,
             self.k_spin,
+            self.features_combo,
+            self.model_dir_edit,
+            self.beta_spin,
+            self.steps_spin,
             self.fraction_spin,
+            self.store_split_check,
             self.seed_spin,
             self.device_combo,
         ]
@@ -151,7 +201,11 @@ class CalibrationWidget(QWidget):
             return
         method = self._method_class(self.method_combo.currentData())
         self.nu_spin.setEnabled(method.uses_nu)
-        self.k_spin.setEnabled(method.uses_k or self.method_combo.currentData() == "rwcp")
+        is_rwcp = self.method_combo.currentData() == "rwcp"
+        self.k_spin.setEnabled(method.uses_k or is_rwcp)
+        for widget in (self.features_combo, self.beta_spin, self.steps_spin):
+            widget.setEnabled(is_rwcp)
+        self.model_dir_edit.setEnabled(is_rwcp and self.features_combo.currentText().startswith("dino"))
 
     def _browse(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Open a napari-conformal store")
@@ -173,6 +227,14 @@ class CalibrationWidget(QWidget):
         params: dict[str, Any] = {}
         if self.device_combo.currentText() != "auto":
             params["device"] = self.device_combo.currentText()
+        if name == "rwcp":
+            params.update(
+                features=self.features_combo.currentText(),
+                rw_beta=float(self.beta_spin.value()),
+                n_step=int(self.steps_spin.value()),
+            )
+            if self.model_dir_edit.isEnabled() and self.model_dir_edit.text().strip():
+                params["model_dir"] = self.model_dir_edit.text().strip()
         return {
             "store": self.store_edit.text().strip(),
             "method": name,
@@ -181,6 +243,7 @@ class CalibrationWidget(QWidget):
             "k": int(self.k_spin.value()) if self.k_spin.isEnabled() else None,
             "fraction": float(self.fraction_spin.value()),
             "seed": int(self.seed_spin.value()),
+            "store_split": bool(self.store_split_check.isChecked()),
             "params": params,
         }
 
@@ -189,6 +252,7 @@ class CalibrationWidget(QWidget):
         from napari.qt.threading import thread_worker
         from napari.utils import progress
 
+        from napari_conformal._widgets._common import context_for
         from napari_conformal.errors import ConformalError
         from napari_conformal.explore.calibrated import iter_calibrate_keeping_curves
         from napari_conformal.io.indices import random_split
@@ -199,7 +263,8 @@ class CalibrationWidget(QWidget):
             if not req["store"]:
                 raise ConformalError("choose a store first")
             store = open_store(req["store"], mode="r")
-            cal, test = random_split(store.n_images, req["fraction"], req["seed"])
+            split = store_split(store) if req["store_split"] else None
+            cal, test = split or random_split(store.n_images, req["fraction"], req["seed"])
         except (ConformalError, OSError) as exc:
             self._error(exc)
             return
@@ -215,6 +280,9 @@ class CalibrationWidget(QWidget):
             cal_indices=cal,
             params=req["params"],
         )
+        if req["method"] == "rwcp":  # RW-CP companions of other methods use the same graph settings
+            rwcp_params = {key: v for key, v in req["params"].items() if key != "device"}
+            context_for(self.viewer).workspace.companion_params["rwcp"] = rwcp_params
         self._progress = progress(total=len(cal), desc=f"Calibrating {req['method']}")
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda calibrated: self._on_done(calibrated, store, test))
