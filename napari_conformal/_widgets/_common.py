@@ -298,8 +298,23 @@ class ViewerContext:
 _CONTEXTS: dict[int, ViewerContext] = {}
 
 
+def unwrap_viewer(viewer: napari.Viewer) -> napari.Viewer:
+    """The viewer behind napari's ``PublicOnlyProxy``.
+
+    napari hands each plugin widget its own proxy of the viewer, so proxies of
+    one viewer are different objects: anything keyed by viewer identity must
+    key by the viewer they wrap.
+    """
+    return getattr(viewer, "__wrapped__", viewer)
+
+
 def context_for(viewer: napari.Viewer) -> ViewerContext:
-    """The :class:`ViewerContext` of ``viewer`` (created on first use, dropped with the viewer)."""
+    """The :class:`ViewerContext` of ``viewer`` (created on first use, dropped with the viewer).
+
+    Every dock of one viewer gets the same context, whether napari injected the
+    viewer itself or a proxy of it.
+    """
+    viewer = unwrap_viewer(viewer)
     key = id(viewer)
     ctx = _CONTEXTS.get(key)
     if ctx is None or ctx.layers.viewer is not viewer:
