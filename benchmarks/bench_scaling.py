@@ -15,7 +15,8 @@ Three measurements (nothing is asserted; results go to ``docs/benchmarks_scaling
     The serial run (no dask) is timed with torch's default number of threads and with one thread
     (dask's worker processes run torch single-threaded). The clusters run twice: with dask's default
     worker environment, which sets ``MALLOC_TRIM_THRESHOLD_=65536`` (glibc then returns freed memory
-    to the system eagerly, which slows code that allocates many small tensors), and without it.
+    to the system eagerly, which slows code that allocates many small tensors), and as
+    :func:`~napari_conformal.parallel.local_cluster` starts them (without it).
 ``memory``
     Peak resident memory of a fresh process that opens a store and calibrates CRC on all of it, for
     a 200-image and a 2000-image store written image by image with the streaming writer
@@ -102,8 +103,7 @@ def part_linear(
 
 
 def part_workers(tmp: Path, method: str, n: int, shape: tuple[int, ...], t: int, repeats: int) -> list[dict]:
-    import dask
-    from distributed import Client
+    from distributed import Client, LocalCluster
 
     from napari_conformal.parallel import local_cluster
 
@@ -121,12 +121,14 @@ def part_workers(tmp: Path, method: str, n: int, shape: tuple[int, ...], t: int,
         rows.append({"method": method, "n": n, "workers": 0, "torch_threads": threads, "seconds": serial})
         print(f"workers {method:8s} n={n}  serial, {threads} torch thread(s)  {serial:8.2f} s", flush=True)
     torch.set_num_threads(default_threads)
-    default_env = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
-    no_trim = {k: v for k, v in default_env.items() if k != "MALLOC_TRIM_THRESHOLD_"}
-    for env_name, env in (("dask default", default_env), ("no MALLOC_TRIM_THRESHOLD_", no_trim)):
+
+    def dask_default(workers: int) -> Any:  # LocalCluster as dask configures it (MALLOC_TRIM_THRESHOLD_ set)
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+
+    envs = (("dask default", dask_default), ("local_cluster: no MALLOC_TRIM_THRESHOLD_", local_cluster))
+    for env_name, make_cluster in envs:
         for workers in (1, 2):
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
-                cluster = local_cluster(n_workers=workers)
+            cluster = make_cluster(workers)
             client = Client(cluster)
             try:
                 _calibrate_seconds(warm, method, scheduler=client)

@@ -21,6 +21,10 @@ __all__ = ["iter_map_on_cluster", "local_cluster"]
 def local_cluster(n_workers: int | None = None, memory_limit: str | int = "auto") -> Any:
     """A ``distributed.LocalCluster`` of single-threaded worker processes.
 
+    The workers get dask's default environment (one OpenMP/BLAS thread each)
+    without ``MALLOC_TRIM_THRESHOLD_``, which slows torch's many small
+    allocations (see ``docs/benchmarks_scaling.md``).
+
     Parameters
     ----------
     n_workers : int, optional
@@ -28,16 +32,23 @@ def local_cluster(n_workers: int | None = None, memory_limit: str | int = "auto"
     memory_limit : str or int
         Per-worker memory limit passed to dask (e.g. ``"2GB"``).
     """
+    import dask
     from distributed import LocalCluster
 
     n = n_workers or os.cpu_count() or 1
-    return LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        memory_limit=memory_limit,
-        dashboard_address=None,
-    )
+    # distributed's default worker environment sets MALLOC_TRIM_THRESHOLD_=65536 (glibc hands freed memory
+    # back at once); the many small tensors of a CONSIGN search then run ~1.5x slower than in this process.
+    # Keep the rest (one OpenMP/BLAS thread per worker).
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        return LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=memory_limit,
+            dashboard_address=None,
+        )
 
 
 def _connect(scheduler: Any) -> tuple[Any, list[Any]]:
