@@ -174,6 +174,19 @@ def method_accepts(name: str, key: str) -> bool:
     )
 
 
+def _params_across_alphas(per_alpha: Sequence[Mapping[str, Any]], alphas: Sequence[float]) -> dict[str, Any]:
+    """One parameter dict for a method built once per α: a value that differs between the α's
+    (e.g. Consema's τ = 1 − α) becomes ``{"per_alpha": {"0.1": v, …}}``."""
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for p in per_alpha for k in p):
+        values = [p.get(key) for p in per_alpha]
+        if all(v == values[0] for v in values):
+            out[key] = values[0]
+        else:
+            out[key] = {"per_alpha": {f"{a:g}": v for a, v in zip(alphas, values, strict=True)}}
+    return out
+
+
 def method_params(methods: Sequence[str], options: Iterable[tuple[str, Any]]) -> dict[str, dict[str, Any]]:
     """Route ``NAME=VALUE`` options to the report's methods.
 
@@ -548,7 +561,9 @@ def iter_report(
         "n_samples": list(ns),
         "diversity_alphas": list(div),
         "false_alarm": float(false_alarm),
-        "params": {name: objs[name][0].params() for name in names},
+        "params": {
+            name: _params_across_alphas([obj.params() for obj in objs[name]], alpha_list) for name in names
+        },
         "method_k": {name: objs[name][0].k for name in names},
     }
     return {

@@ -390,7 +390,12 @@ def _guarantee_table_html(doc: Mapping[str, Any]) -> str:
 
 
 def _params_text(params: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in params.items() if v is not None) or "defaults"
+    def text(v: Any) -> str:
+        if isinstance(v, Mapping) and "per_alpha" in v:
+            return " / ".join(f"{x} (α = {a})" for a, x in v["per_alpha"].items())
+        return str(v)
+
+    return ", ".join(f"{k}={text(v)}" for k, v in params.items() if v is not None) or "defaults"
 
 
 def _settings_html(doc: Mapping[str, Any]) -> str:

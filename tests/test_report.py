@@ -476,3 +476,15 @@ def _consign_check(multiclass_store):
     assert res["runs"][0]["lambda_hat"] == calib["lambda_hat"]
     metrics = evaluate(store, calib, test_indices=test, n_samples=(5,), seed=SEED)
     assert _same(res["runs"][0]["per_image"], metrics["per_image"])
+
+
+def test_settings_record_parameters_that_differ_between_alphas(binary_results):
+    """Consema's τ defaults to 1 − α: the settings keep each α's value, and the page shows all of them."""
+    from napari_conformal.report_figures import _params_text
+
+    params = binary_results["settings"]["params"]
+    tau = params["consema"]["tau"]
+    assert tau == {"per_alpha": {f"{a:g}": pytest.approx(1 - a) for a in ALPHAS}}
+    assert params["rwcp"]["features"] == RWCP["features"]  # the same at every α: a plain value
+    text = _params_text(params["consema"])
+    assert all(f"(α = {a:g})" in text for a in ALPHAS), text
