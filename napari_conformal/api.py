@@ -9,13 +9,22 @@ in a terminal, a test, a napari thread worker or a dask client::
 
 Both return JSON-ready dictionaries (the ``CALIB.json`` and ``METRICS.json`` of
 SPEC §4).
+
+Methods that extract image features (RW-CP) read them from the store's
+``features`` array when :func:`cache_features` wrote it with the same extractor
+settings (see :func:`feature_cache_matches`); otherwise they compute them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Sequence
+import json
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+import numpy as np
 
 from napari_conformal.core.method import ConformalMethod, make_method
 from napari_conformal.core.metrics import nanmean_metrics
@@ -23,9 +32,12 @@ from napari_conformal.errors import Cancelled, ConformalError
 
 __all__ = [
     "Cancelled",
+    "cache_features",
     "calibrate",
     "drive",
     "evaluate",
+    "feature_cache_matches",
+    "iter_cache_features",
     "iter_calibrate",
     "iter_evaluate",
     "iter_map_images",
@@ -98,6 +110,223 @@ def _with_image(i: int, fn: Callable[[], Any]) -> Any:
         raise type(exc)(f"image {i}: {exc}") from None
 
 
+# -- cached features ---------------------------------------------------------------------------------
+
+
+def _json_normal(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples → lists, numpy scalars → numbers)."""
+    from napari_conformal.io.provenance import to_jsonable
+
+    return json.loads(json.dumps(to_jsonable(value, where="extractor settings"), allow_nan=False))
+
+
+def _extractor_params(method: ConformalMethod) -> dict[str, Any] | None:
+    """The method's extractor description, or None when it has no feature extractor."""
+    if not callable(getattr(method, "compute_features", None)):
+        return None
+    extractor = getattr(method, "extractor", None)
+    if extractor is None or not callable(getattr(extractor, "params", None)):
+        return None
+    return extractor.params()
+
+
+def feature_cache_matches(store: Any, method: ConformalMethod) -> bool:
+    """Whether ``method`` will read its features from ``store`` instead of computing them.
+
+    True when the method extracts features (has ``compute_features``), the store
+    holds a ``features`` array, and the extractor recorded with it
+    (``store.features_info["extractor"]``, written by :func:`cache_features`)
+    equals ``method.extractor.params()`` after JSON normalisation. Features
+    cached with other settings, or written without an ``"extractor"`` entry,
+    are ignored: the method then computes its features as usual.
+
+    Parameters
+    ----------
+    store : DatasetStore
+        An open store.
+    method : ConformalMethod
+        The method about to prepare images of ``store``.
+    """
+    wanted = _extractor_params(method)
+    if wanted is None or not store.has_features:
+        return False
+    recorded = (store.features_info or {}).get("extractor")
+    if recorded is None:
+        return False
+    try:
+        return bool(_json_normal(recorded) == _json_normal(wanted))
+    except (ConformalError, TypeError, ValueError):
+        return False
+
+
+def _prepare_image(method: ConformalMethod, store: Any, i: int, cached: bool) -> Any:
+    """``method.prepare`` for image ``i`` of ``store``; ``cached``: pass the stored features.
+
+    Shared by calibration and evaluation. ``cached`` is
+    :func:`feature_cache_matches`, decided once per run in the calling
+    process, so workers of a dask cluster only read the arrays.
+    """
+    if cached:
+        # (C, *S') float32; prepare checks it against the probability map's grid
+        return method.prepare(store.image(i), store.samples(i), features=store.features(i))
+    return method.prepare(store.image(i), store.samples(i))
+
+
+_NO_FEATURES = "method {name!r} does not use image features; only rwcp features can be cached in a store"
+
+
+def _feature_method(method: ConformalMethod) -> ConformalMethod:
+    if _extractor_params(method) is None:
+        raise ConformalError(_NO_FEATURES.format(name=getattr(method, "name", type(method).__name__)))
+    return method
+
+
+def iter_cache_features(
+    store: Any,
+    method: str | ConformalMethod,
+    *,
+    indices: Iterable[int] | None = None,
+    overwrite: bool = False,
+    params: dict[str, Any] | None = None,
+) -> Generator[tuple[int, int], None, dict[str, Any]]:
+    """Compute a method's image features and store them in the ``features`` array (SPEC §3).
+
+    Later :func:`calibrate` / :func:`evaluate` runs with the same extractor
+    settings read them instead of recomputing (:func:`feature_cache_matches`).
+    Features are computed one image at a time and streamed into
+    ``store.write_features``, which swaps the new array in only when every
+    image is written: cancelling or failing leaves the store as it was.
+    The array is float16 (SPEC §3), so maps computed from the cache can differ
+    from freshly computed ones by float16 rounding of the features.
+
+    Parameters
+    ----------
+    store : DatasetStore
+        A store opened writable (``open_store(path, mode="r+")``).
+    method : str or ConformalMethod
+        A method with ``compute_features`` (``"rwcp"``), or its registered name
+        (built with ``params``; the risk level does not matter for features).
+    indices : iterable of int, optional
+        Recompute only these images and copy the others from the existing
+        cache, which must have been made with the same extractor (and needs
+        ``overwrite=True``). Default: every image.
+    overwrite : bool
+        Replace features the store already holds.
+    params : dict, optional
+        Method parameters when ``method`` is a name (``features``,
+        ``grid_stride``, ``model_dir``, ``device``, …).
+
+    Yields
+    ------
+    (done, total)
+        Progress in images computed.
+
+    Returns
+    -------
+    dict
+        ``store.features_info`` after writing: ``{"extractor": {...},
+        "n_channels": C, "grid_shape": [...]}``, as the generator's return value.
+
+    Raises
+    ------
+    ConformalError
+        The method has no feature extractor, the store is read-only, it already
+        holds features and ``overwrite`` is False, or ``indices`` is partial
+        without a matching cache to copy the rest from.
+    """
+    if isinstance(method, str):
+        from napari_conformal.core.method import method_class
+
+        if not callable(getattr(method_class(method), "compute_features", None)):
+            raise ConformalError(_NO_FEATURES.format(name=method))
+        method = make_method(method, alpha=0.1, **(params or {}))  # α does not enter the features
+    method = _feature_method(method)
+    if getattr(store, "mode", "r") != "r+":
+        raise ConformalError(
+            f"the store at {store.path} is open read-only; open it with open_store(path, mode='r+') "
+            "to cache features in it"
+        )
+    if store.has_features and not overwrite:
+        raise ConformalError(
+            f"the store at {store.path} already has features; pass overwrite=True (--overwrite) to replace them"
+        )
+    n = store.n_images
+    if indices is None:
+        todo = list(range(n))
+    else:
+        todo = sorted({int(i) for i in indices})
+        bad = [i for i in todo if not 0 <= i < n]
+        if bad:
+            raise ConformalError(f"image indices out of range 0..{n - 1}: {bad[:10]}")
+    keep = len(todo) < n
+    if keep and not feature_cache_matches(store, method):
+        raise ConformalError(
+            f"the store at {store.path} has no features from this extractor to keep for the other images; "
+            "cache every image (indices=None)"
+        )
+    info = {"extractor": _json_normal(_extractor_params(method))}
+    todo_set = set(todo)
+    total = len(todo)
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+    stop = threading.Event()
+
+    def compute(i: int) -> np.ndarray:
+        fmap = method.compute_features(store.image(i), should_stop=stop.is_set)  # type: ignore[attr-defined]
+        return fmap.features
+
+    def per_image() -> Iterator[np.ndarray]:
+        done = 0
+        for i in range(n):
+            if stop.is_set():
+                raise Cancelled()
+            if i in todo_set:
+                feat = _with_image(i, lambda i=i: compute(i))
+                done += 1
+                events.put(("progress", done))
+            else:
+                feat = store.features(i)  # the old array stays until the new one is swapped in
+            yield feat
+
+    def write() -> None:
+        try:
+            store.write_features(per_image(), info=info, overwrite=True)
+        except BaseException as exc:  # handed to the generator, raised there
+            events.put(("error", exc))
+        else:
+            events.put(("end", None))
+
+    # a writer thread consumes the per-image iterator, so the features stream to disk
+    # while this generator reports each image
+    writer = threading.Thread(target=write, name="napari-conformal-cache-features", daemon=True)
+    yield 0, total
+    writer.start()
+    try:
+        while True:
+            kind, value = events.get()
+            if kind == "progress":
+                yield value, total
+            elif kind == "error":
+                raise value
+            else:
+                break
+    finally:
+        stop.set()
+        writer.join()
+    return store.features_info
+
+
+def cache_features(
+    store: Any,
+    method: str | ConformalMethod,
+    *,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`iter_cache_features` with ``progress(done, total)`` and ``should_stop()`` callbacks."""
+    return drive(iter_cache_features(store, method, **kwargs), progress, should_stop)
+
+
 def iter_calibrate(
     store: Any,
     method: str | ConformalMethod,
@@ -156,10 +385,10 @@ def iter_calibrate(
     if len(set(cal)) != len(cal):
         raise ConformalError("cal_indices contains duplicates")
 
+    cached = feature_cache_matches(store, method)
+
     def one(i: int) -> Any:
-        return _with_image(
-            i, lambda: method.curve(method.prepare(store.image(i), store.samples(i)), store.label(i))
-        )
+        return _with_image(i, lambda: method.curve(_prepare_image(method, store, i, cached), store.label(i)))
 
     curves = yield from iter_map_images(one, cal, scheduler=scheduler)
     lam = method.lambda_hat(curves)
@@ -255,10 +484,11 @@ def iter_evaluate(
     if any(n < 1 for n in ns):
         raise ConformalError("n_samples must be positive integers")
     spacing = store.spacing
+    cached = feature_cache_matches(store, method)
 
     def one(i: int) -> dict[str, Any]:
         def run() -> dict[str, Any]:
-            prepared = method.prepare(store.image(i), store.samples(i))
+            prepared = _prepare_image(method, store, i, cached)
             return method.evaluate(
                 prepared, store.label(i), lam, spacing=spacing, n_samples=ns, seed=seed + i
             )

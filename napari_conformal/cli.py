@@ -4,7 +4,9 @@ Every user error (bad store, bad indices, calibration set too small for α, …)
 ends with one line ``napari-conformal: error: …`` on stderr and exit status 2;
 nothing is written and the inputs are never modified. Outputs are written to
 a temporary sibling file and renamed into place, so an interrupted run never
-leaves a half-written file.
+leaves a half-written file. The one command that writes into a store,
+``features``, adds its ``features`` array the same way: swapped in only once
+every image is done.
 """
 
 from __future__ import annotations
@@ -112,7 +114,39 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="output METRICS.json")
     ev.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
-    make = sub.add_parser("make-demo", help="build (or reuse) a demo dataset store from the packaged real data")
+    feat = sub.add_parser(
+        "features",
+        help="compute rwcp image features once and cache them in the store (calibrate/evaluate reuse them)",
+        description=(
+            "Compute the rwcp features of every image and store them as the store's 'features' array. "
+            "calibrate and evaluate with rwcp read them instead of recomputing when their extractor "
+            "settings (--features and -o grid_stride/model_dir/...) are the same; otherwise they compute "
+            "features as usual."
+        ),
+    )
+    feat.add_argument("store", help="path of the dataset store (written in place)")
+    feat.add_argument(
+        "--features", required=True, help="feature extractor (efficientnet-lite0, multiscale, dinov2, …)"
+    )
+    feat.add_argument(
+        "--k", type=int, help="ignored (features do not depend on k); accepted like calibrate's"
+    )
+    feat.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="NAME=VALUE",
+        help="extractor setting (repeatable), as given to calibrate, e.g. -o grid_stride=2",
+    )
+    feat.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default auto)")
+    feat.add_argument("--overwrite", action="store_true", help="replace features the store already holds")
+    feat.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+
+    make = sub.add_parser(
+        "make-demo", help="build (or reuse) a demo dataset store from the packaged real data"
+    )
     make.add_argument(
         "name", choices=("hippocampus-3d", "hippocampus-2d", "brain-mri", "nuclei"), help="which demo dataset"
     )
@@ -122,8 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] for the demo model")
     make.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
-    demo = sub.add_parser("demo", help="open napari with the plugin's widgets")
-    demo.add_argument("--screenshot", help="save a PNG of the window and exit")
+    demo = sub.add_parser(
+        "demo", help="open napari on a demo store with every dock and a calibration to browse"
+    )
+    demo.add_argument("--screenshot", help="wait for the calibration, save a PNG of the window and exit")
+    demo.add_argument(
+        "--dataset",
+        default="hippocampus-2d",
+        help="demo store: hippocampus-2d (default), hippocampus-3d (first build ~2 min), brain-mri, nuclei",
+    )
+    demo.add_argument("--method", default="consign", help="method calibrated at start (default consign)")
+    demo.add_argument("--no-calibrate", action="store_true", help="open the store without calibrating")
     _add_report_parser(sub)
     return parser
 
@@ -237,6 +280,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    from napari_conformal.api import cache_features
+    from napari_conformal.io.store import open_store
+
+    path = Path(args.store)
+    if not path.exists():
+        raise UsageError(f"store not found: {path}")
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"store {path} is not writable; 'features' writes the features array into it")
+    store = open_store(path, mode="r+")
+    if store.has_features and not args.overwrite:
+        raise UsageError(f"store {path} already has features; pass --overwrite to replace them")
+    params: dict[str, Any] = {**dict(args.option), "features": args.features}
+    if args.device and args.device != "auto":
+        params["device"] = args.device
+    info = cache_features(
+        store,
+        "rwcp",
+        params=params,
+        overwrite=args.overwrite,
+        progress=_progress_bar("computing features", args.quiet),
+    )
+    if not args.quiet:
+        grid = "x".join(str(g) for g in info["grid_shape"])
+        print(
+            f"{info['extractor']['name']}: {info['n_channels']} channels on a {grid} grid for "
+            f"{store.n_images} images; wrote {path / 'features'}",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def cmd_make_demo(args: argparse.Namespace) -> int:
     from napari_conformal.demo_data import build_demo_store
 
@@ -260,7 +335,9 @@ def cmd_make_demo(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from napari_conformal.demo import run_demo
 
-    return run_demo(screenshot=args.screenshot)
+    return run_demo(
+        screenshot=args.screenshot, dataset=args.dataset, method=args.method, calibrate=not args.no_calibrate
+    )
 
 
 # -- report subcommand (issue 7; the work is in napari_conformal.report) ---------------------------
@@ -406,6 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "calibrate": cmd_calibrate,
         "evaluate": cmd_evaluate,
+        "features": cmd_features,
         "report": cmd_report,
         "make-demo": cmd_make_demo,
         "demo": cmd_demo,
