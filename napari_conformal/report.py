@@ -307,16 +307,24 @@ def _context(label: str, fn: Callable[[], Any]) -> Any:
         raise type(exc)(f"{label}: {exc}") from None
 
 
+def _prepare(method: ConformalMethod, store: Any, i: int, image: Any, samples: Any, cached: bool) -> Any:
+    """``method.prepare`` of image ``i``, with the store's cached features when they match (RW-CP)."""
+    if cached:
+        return method.prepare(image, samples, features=store.features(i))
+    return method.prepare(image, samples)
+
+
 def _curves_of_image(
-    store: Any, methods: Mapping[str, Sequence[ConformalMethod]], i: int
+    store: Any, methods: Mapping[str, Sequence[ConformalMethod]], cached: Mapping[str, bool], i: int
 ) -> dict[str, list[Any]]:
     """Pass 1 for image ``i``: ``{method: [curve at α_0, curve at α_1, …]}``."""
     image, samples, label = store.image(i), store.samples(i), store.label(i)
     out: dict[str, list[Any]] = {}
     for name, objs in methods.items():
 
-        def run(objs: Sequence[ConformalMethod] = objs) -> list[Any]:
-            prepared = objs[0].prepare(image, samples)  # α-free by the ConformalMethod contract
+        def run(objs: Sequence[ConformalMethod] = objs, name: str = name) -> list[Any]:
+            # α-free by the ConformalMethod contract
+            prepared = _prepare(objs[0], store, i, image, samples, cached[name])
             return [m.curve(prepared, label) for m in objs]
 
         out[name] = _context(f"image {i}, method {name}", run)
@@ -326,6 +334,7 @@ def _curves_of_image(
 def _metrics_of_image(
     store: Any,
     methods: Mapping[str, Sequence[ConformalMethod]],
+    cached: Mapping[str, bool],
     lambdas: Mapping[str, Sequence[Sequence[float]]],
     n_samples: Mapping[str, Sequence[Sequence[int]]],
     reference_fg: int | None,
@@ -342,7 +351,7 @@ def _metrics_of_image(
     for name, objs in methods.items():
 
         def run(objs: Sequence[ConformalMethod] = objs, name: str = name) -> list[list[dict[str, Any]]]:
-            prepared = objs[0].prepare(image, samples)
+            prepared = _prepare(objs[0], store, i, image, samples, cached[name])
             return [
                 [
                     m.evaluate(
@@ -432,7 +441,7 @@ def iter_report(
         per-image rows (the method cannot guarantee that α on that calibration set).
     """
     from napari_conformal import __version__
-    from napari_conformal.api import iter_map_images
+    from napari_conformal.api import feature_cache_matches, iter_map_images
 
     started = time.perf_counter()
     names = _check_methods(methods.split(",") if isinstance(methods, str) else methods)
@@ -464,10 +473,14 @@ def iter_report(
     test_images = sorted({i for _, test in split_list for i in test})
     total = len(cal_images) + len(test_images)
 
+    # RW-CP reads features cached by api.cache_features with the same extractor settings
+    cached = {name: feature_cache_matches(store, objs[name][0]) for name in names}
     scheduler, owned = _shared_scheduler(scheduler)
     try:
         # pass 1: curves
-        gen = iter_map_images(lambda i: _curves_of_image(store, objs, i), cal_images, scheduler=scheduler)
+        gen = iter_map_images(
+            lambda i: _curves_of_image(store, objs, cached, i), cal_images, scheduler=scheduler
+        )
         curves_list = yield from _offset(gen, 0, total)
         curves = dict(zip(cal_images, curves_list, strict=True))
 
@@ -504,7 +517,9 @@ def iter_report(
         reference_fg = int(getattr(objs[binary[0]][0], "fg_class", 1)) if binary else None
 
         def pass2(i: int) -> dict[str, Any]:
-            return _metrics_of_image(store, objs, per_image_lams[i], sampling_n, reference_fg, seed, i)
+            return _metrics_of_image(
+                store, objs, cached, per_image_lams[i], sampling_n, reference_fg, seed, i
+            )
 
         gen = iter_map_images(pass2, test_images, scheduler=scheduler)
         metrics_list = yield from _offset(gen, len(cal_images), total)

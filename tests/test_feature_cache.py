@@ -373,3 +373,20 @@ def test_cli_help_lists_features(capsys):
     assert cli.main(["features", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--overwrite" in out and "grid_stride" in out
+
+
+def test_report_reads_the_feature_cache(store_path: Path):
+    """``report`` prepares RW-CP through the cache too: garbage features under a matching record change λ̂."""
+    from napari_conformal.report import build_report
+
+    params = {"rwcp": {**PARAMS, "k": K}}
+    kwargs = {"splits": 2, "n_cal": 15, "seed": 0}
+    plain = build_report(open_store(store_path), ("rwcp",), (ALPHA,), params=params, **kwargs)
+    store = open_store(store_path, mode="r+")
+    info = cache_features(store, "rwcp", params=PARAMS)
+    rng = np.random.default_rng(1)
+    garbage = rng.normal(size=(store.n_images, info["n_channels"], *info["grid_shape"])).astype(np.float32)
+    store.write_features(garbage, info={"extractor": info["extractor"]}, overwrite=True)
+    changed = build_report(open_store(store_path), ("rwcp",), (ALPHA,), params=params, **kwargs)
+    lam = [[r["lambda_hat"] for r in res["runs"]] for res in (plain, changed)]
+    assert lam[0] != lam[1]
