@@ -57,6 +57,13 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.replace("-", "_"), value
 
 
+def _add_option_flag(parser: argparse.ArgumentParser, help_text: str, metavar: str = "NAME=VALUE") -> None:
+    """The repeatable ``-o NAME=VALUE`` flag (collected into ``args.option``)."""
+    parser.add_argument(
+        "--option", "-o", action="append", type=_key_value, default=[], metavar=metavar, help=help_text
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``napari-conformal`` command."""
     from napari_conformal import __version__
@@ -83,15 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--rw-beta", type=float, help="rwcp kernel scale β (default 50)")
     cal.add_argument("--steps", type=int, help="rwcp diffusion steps (default 10)")
     cal.add_argument("--tau", type=float, help="consema coverage ratio τ")
-    cal.add_argument(
-        "--option",
-        "-o",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="NAME=VALUE",
-        help="any other method parameter (repeatable), e.g. -o lambda_max=2",
-    )
+    _add_option_flag(cal, "any other method parameter (repeatable), e.g. -o lambda_max=2")
     cal.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default auto)")
     cal.add_argument("--scheduler", help="run per-image work on dask.distributed: 'local' or an address")
     cal.add_argument("--out", required=True, help="output CALIB.json")
@@ -128,18 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     feat.add_argument(
         "--features", required=True, help="feature extractor (efficientnet-lite0, multiscale, dinov2, …)"
     )
-    feat.add_argument(
-        "--k", type=int, help="ignored (features do not depend on k); accepted like calibrate's"
-    )
-    feat.add_argument(
-        "--option",
-        "-o",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="NAME=VALUE",
-        help="extractor setting (repeatable), as given to calibrate, e.g. -o grid_stride=2",
-    )
+    _add_option_flag(feat, "extractor setting (repeatable), as given to calibrate, e.g. -o grid_stride=2")
     feat.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default auto)")
     feat.add_argument("--overwrite", action="store_true", help="replace features the store already holds")
     feat.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
@@ -396,14 +384,10 @@ def _add_report_parser(sub: Any) -> None:
         help="the α at which members are sampled (default: the α closest to 0.1)",
     )
     rep.add_argument("--features", help="rwcp feature extractor (efficientnet-lite0, multiscale, dinov2, …)")
-    rep.add_argument(
-        "--option",
-        "-o",
-        action="append",
-        type=_key_value,
-        default=[],
+    _add_option_flag(
+        rep,
+        "a method parameter (repeatable), e.g. -o rwcp.grid_stride=2 or -o fg_class=2 (every method)",
         metavar="[METHOD.]NAME=VALUE",
-        help="a method parameter (repeatable), e.g. -o rwcp.grid_stride=2 or -o fg_class=2 (every method)",
     )
     rep.add_argument("--false-alarm", type=_probability, default=0.01, help="per-split band false alarm")
     rep.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default auto)")

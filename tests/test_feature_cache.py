@@ -286,7 +286,7 @@ def _fails(capsys, argv: list[str], needle: str) -> None:
 
 def test_cli_features_then_calibrate_and_evaluate(store_path: Path, tmp_path: Path, capsys, monkeypatch):
     feat = ["features", str(store_path), "--features", "multiscale", "-o", "grid_stride=2", "--device", "cpu"]
-    assert cli.main([*feat, "--k", "5"]) == 0
+    assert cli.main(feat) == 0
     err = capsys.readouterr().err
     assert f"for {N_IMAGES} images" in err and "12x12 grid" in err
     store = open_store(store_path)
