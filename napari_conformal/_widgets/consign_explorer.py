@@ -45,6 +45,15 @@ ALWAYS_COLOUR = "#39ff14"
 POSSIBLY_COLOUR = "#ff8c00"
 
 
+def _direction_colormap() -> Any:
+    """Diverging magenta–green with a transparent middle: a direction map tints only where it is strong,
+    so the image underneath stays readable."""
+    from napari.utils.colormaps import Colormap
+
+    colours = [[0.77, 0.11, 0.49, 1.0], [1.0, 1.0, 1.0, 0.0], [0.30, 0.67, 0.13, 1.0]]
+    return Colormap(colours, name="conformal_direction", controls=[0.0, 0.5, 1.0])
+
+
 class ConsignExplorer(ExplorerBase):
     """Dock widget exploring a CONSIGN calibration.
 
@@ -317,9 +326,9 @@ class ConsignExplorer(ExplorerBase):
                 name=f"CONSIGN u{j + 1} ({label_name}, image {index})",
                 metadata={"napari_conformal": {**prov, "direction": j + 1, "label": label}},
                 scale=self.workspace.store.spacing,
-                colormap="PiYG",
+                colormap=_direction_colormap(),
                 contrast_limits=(-bound, bound),
-                opacity=0.6,
+                opacity=0.8,
                 visible=j == 0,
             )
         for j in range(k, 64):  # fewer directions than before (another image or K): drop the rest
