@@ -161,3 +161,28 @@ def test_rwcp_inputs_and_the_stores_own_split(widget, qtbot, tmp_path):
     widget.run()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     assert widget.calibration["cal_indices"] == random_split(24, 0.5, 0)[0]
+
+
+def test_store_opened_as_layers_is_offered_and_calibrates(widget, qtbot, tmp_path):
+    """SPEC §5 "choose the store (or layers)": a store opened through the reader fills the dock."""
+    store_path = _binary_store(tmp_path / "layers.zarr", n=20)
+    other = _binary_store(tmp_path / "other.zarr", n=20, seed=3)
+    assert widget.layer_store_combo.count() == 1 and not widget.layer_store_combo.isEnabled()
+    widget.viewer.open(str(store_path), plugin="napari-conformal")
+    resolved = str(store_path.resolve())
+    assert widget.store_edit.text() == resolved  # empty field: the open store is taken
+    widget.viewer.open(str(other), plugin="napari-conformal")
+    assert [path for _, path in widget.layer_stores()] == [resolved, str(other.resolve())]
+    assert widget.store_edit.text() == resolved  # a second store does not replace the choice
+    widget.layer_store_combo.setCurrentIndex(2)
+    widget.layer_store_combo.activated.emit(2)
+    assert widget.store_edit.text() == str(other.resolve())
+    widget.method_combo.setCurrentIndex(widget.method_combo.findData("crc"))
+    widget.alpha_spin.setValue(0.2)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert widget.calibration is not None
+    assert widget.calibration["store"]["path"] == str(other.resolve())
+    for layer in list(widget.viewer.layers):
+        widget.viewer.layers.remove(layer)
+    assert widget.layer_stores() == [] and not widget.layer_store_combo.isEnabled()

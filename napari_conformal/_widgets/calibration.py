@@ -101,6 +101,10 @@ class CalibrationWidget(QWidget):
         store_row = QHBoxLayout()
         store_row.addWidget(self.store_edit)
         store_row.addWidget(browse)
+        # stores already open as layers (File ▸ Open of a store, or the plugin's own result layers)
+        self.layer_store_combo = QComboBox()
+        self.layer_store_combo.setToolTip("use the store that layers in this viewer were read from")
+        self.layer_store_combo.activated.connect(self._store_from_layers)
 
         self.method_combo = QComboBox()
         for name in available_methods():
@@ -144,6 +148,7 @@ class CalibrationWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("Store", store_row)
+        form.addRow("From layers", self.layer_store_combo)
         form.addRow("Method", self.method_combo)
         form.addRow("α", self.alpha_spin)
         form.addRow("ν", self.nu_spin)
@@ -166,6 +171,9 @@ class CalibrationWidget(QWidget):
         self.method_combo.currentIndexChanged.connect(self._method_changed)
         self.features_combo.currentIndexChanged.connect(self._method_changed)
         self._method_changed()
+        self.viewer.layers.events.inserted.connect(self._refresh_layer_stores)
+        self.viewer.layers.events.removed.connect(self._refresh_layer_stores)
+        self._refresh_layer_stores()
 
     @staticmethod
     def _double(lo: float, hi: float, value: float, decimals: int, tip: str) -> QDoubleSpinBox:
@@ -182,6 +190,7 @@ class CalibrationWidget(QWidget):
         """The input widgets, disabled while a run is in progress."""
         return [
             self.store_edit,
+            self.layer_store_combo,
             self.method_combo,
             self.alpha_spin,
             self.nu_spin,
@@ -206,6 +215,41 @@ class CalibrationWidget(QWidget):
         for widget in (self.features_combo, self.beta_spin, self.steps_spin):
             widget.setEnabled(is_rwcp)
         self.model_dir_edit.setEnabled(is_rwcp and self.features_combo.currentText().startswith("dino"))
+
+    def layer_stores(self) -> list[tuple[str, str]]:
+        """``(layer name, store path)`` of the first layer of each store the viewer shows, in layer order.
+
+        A layer counts when its ``metadata["napari_conformal"]["store"]["path"]`` names a folder that
+        exists (the store reader and every result layer of the plugin record it).
+        """
+        from pathlib import Path
+
+        seen: dict[str, str] = {}
+        for layer in self.viewer.layers:
+            prov = (getattr(layer, "metadata", None) or {}).get("napari_conformal") or {}
+            path = (prov.get("store") or {}).get("path") if isinstance(prov, dict) else None
+            if isinstance(path, str) and path not in seen and Path(path).is_dir():
+                seen[path] = layer.name
+        return [(name, path) for path, name in seen.items()]
+
+    def _refresh_layer_stores(self, *_: Any) -> None:
+        try:
+            combo = self.layer_store_combo
+            combo.clear()
+        except RuntimeError:  # the widget is gone (viewer closing)
+            return
+        stores = self.layer_stores()
+        combo.addItem("—" if stores else "no store open as layers", None)
+        for name, path in stores:
+            combo.addItem(f"{name} ({path})", path)
+        combo.setEnabled(bool(stores) and self.worker is None)
+        if stores and not self.store_edit.text().strip():  # a store opened as layers is the obvious choice
+            self.store_edit.setText(stores[0][1])
+
+    def _store_from_layers(self, pos: int) -> None:
+        path = self.layer_store_combo.itemData(pos)
+        if path:
+            self.store_edit.setText(path)
 
     def _browse(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Open a napari-conformal store")
@@ -305,6 +349,7 @@ class CalibrationWidget(QWidget):
             widget.setEnabled(not busy)
         if not busy:
             self._method_changed()
+            self._refresh_layer_stores()
         self.run_button.setText("Cancel" if busy else "Run calibration")
 
     def _on_progress(self, step: tuple[int, int]) -> None:
