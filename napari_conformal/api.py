@@ -18,8 +18,6 @@ settings (see :func:`feature_cache_matches`); otherwise they compute them.
 from __future__ import annotations
 
 import json
-import queue
-import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -159,17 +157,21 @@ def feature_cache_matches(store: Any, method: ConformalMethod) -> bool:
         return False
 
 
-def _prepare_image(method: ConformalMethod, store: Any, i: int, cached: bool) -> Any:
+def _prepare_image(
+    method: ConformalMethod, store: Any, i: int, cached: bool, image: Any = None, samples: Any = None
+) -> Any:
     """``method.prepare`` for image ``i`` of ``store``; ``cached``: pass the stored features.
 
-    Shared by calibration and evaluation. ``cached`` is
-    :func:`feature_cache_matches`, decided once per run in the calling
-    process, so workers of a dask cluster only read the arrays.
+    Shared by calibration, evaluation and the report (which passes the ``image`` and ``samples``
+    it has already read). ``cached`` is :func:`feature_cache_matches`, decided once per run in
+    the calling process, so workers of a dask cluster only read the arrays.
     """
+    image = store.image(i) if image is None else image
+    samples = store.samples(i) if samples is None else samples
     if cached:
         # (C, *S') float32; prepare checks it against the probability map's grid
-        return method.prepare(store.image(i), store.samples(i), features=store.features(i))
-    return method.prepare(store.image(i), store.samples(i))
+        return method.prepare(image, samples, features=store.features(i))
+    return method.prepare(image, samples)
 
 
 _NO_FEATURES = "method {name!r} does not use image features; only rwcp features can be cached in a store"
@@ -194,7 +196,7 @@ def iter_cache_features(
     Later :func:`calibrate` / :func:`evaluate` runs with the same extractor
     settings read them instead of recomputing (:func:`feature_cache_matches`).
     Features are computed one image at a time and streamed into
-    ``store.write_features``, which swaps the new array in only when every
+    ``store.iter_write_features``, which swaps the new array in only when every
     image is written: cancelling or failing leaves the store as it was.
     The array is float16 (SPEC §3), so maps computed from the cache can differ
     from freshly computed ones by float16 rounding of the features.
@@ -267,51 +269,28 @@ def iter_cache_features(
     info = {"extractor": _json_normal(_extractor_params(method))}
     todo_set = set(todo)
     total = len(todo)
-    events: queue.Queue[tuple[str, Any]] = queue.Queue()
-    stop = threading.Event()
+    computed = 0
 
-    def compute(i: int) -> np.ndarray:
-        fmap = method.compute_features(store.image(i), should_stop=stop.is_set)  # type: ignore[attr-defined]
-        return fmap.features
-
-    def per_image() -> Iterator[np.ndarray]:
-        done = 0
+    def per_image() -> Iterator[np.ndarray]:  # consumed lazily by the writer, one image at a time
+        nonlocal computed
         for i in range(n):
-            if stop.is_set():
-                raise Cancelled()
             if i in todo_set:
-                feat = _with_image(i, lambda i=i: compute(i))
-                done += 1
-                events.put(("progress", done))
+                feat = _with_image(i, lambda i=i: method.compute_features(store.image(i)).features)
+                computed += 1
+                yield feat
             else:
-                feat = store.features(i)  # the old array stays until the new one is swapped in
-            yield feat
+                yield store.features(i)  # the old array stays until the new one is swapped in
 
-    def write() -> None:
-        try:
-            store.write_features(per_image(), info=info, overwrite=True)
-        except BaseException as exc:  # handed to the generator, raised there
-            events.put(("error", exc))
-        else:
-            events.put(("end", None))
-
-    # a writer thread consumes the per-image iterator, so the features stream to disk
-    # while this generator reports each image
-    writer = threading.Thread(target=write, name="napari-conformal-cache-features", daemon=True)
+    writer = store.iter_write_features(per_image(), info=info, overwrite=True)
     yield 0, total
-    writer.start()
+    reported = 0
     try:
-        while True:
-            kind, value = events.get()
-            if kind == "progress":
-                yield value, total
-            elif kind == "error":
-                raise value
-            else:
-                break
+        for _ in writer:
+            if computed != reported:  # one report per computed image (copied ones are not counted)
+                reported = computed
+                yield computed, total
     finally:
-        stop.set()
-        writer.join()
+        writer.close()  # closed early (cancelled): the partial array is removed, the store unchanged
     return store.features_info
 
 

@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_conformal.api import _prepare_image
 from napari_conformal.core.crc import check_calibration_size
 from napari_conformal.core.guarantees import crc_risk_tolerance, repeated_splits, splitcp_coverage_band
 from napari_conformal.core.method import ConformalMethod, make_method, method_class
@@ -307,13 +308,6 @@ def _context(label: str, fn: Callable[[], Any]) -> Any:
         raise type(exc)(f"{label}: {exc}") from None
 
 
-def _prepare(method: ConformalMethod, store: Any, i: int, image: Any, samples: Any, cached: bool) -> Any:
-    """``method.prepare`` of image ``i``, with the store's cached features when they match (RW-CP)."""
-    if cached:
-        return method.prepare(image, samples, features=store.features(i))
-    return method.prepare(image, samples)
-
-
 def _curves_of_image(
     store: Any, methods: Mapping[str, Sequence[ConformalMethod]], cached: Mapping[str, bool], i: int
 ) -> dict[str, list[Any]]:
@@ -324,7 +318,7 @@ def _curves_of_image(
 
         def run(objs: Sequence[ConformalMethod] = objs, name: str = name) -> list[Any]:
             # α-free by the ConformalMethod contract
-            prepared = _prepare(objs[0], store, i, image, samples, cached[name])
+            prepared = _prepare_image(objs[0], store, i, cached[name], image, samples)
             return [m.curve(prepared, label) for m in objs]
 
         out[name] = _context(f"image {i}, method {name}", run)
@@ -351,7 +345,7 @@ def _metrics_of_image(
     for name, objs in methods.items():
 
         def run(objs: Sequence[ConformalMethod] = objs, name: str = name) -> list[list[dict[str, Any]]]:
-            prepared = _prepare(objs[0], store, i, image, samples, cached[name])
+            prepared = _prepare_image(objs[0], store, i, cached[name], image, samples)
             return [
                 [
                     m.evaluate(

@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +192,22 @@ def _write_features(
     info: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     """Validate and write features into array ``name`` of ``group``; return the attrs entry."""
+    writer = _iter_write_features(group, name, features, layout, info)
+    while True:
+        try:
+            next(writer)
+        except StopIteration as done:
+            return done.value
+
+
+def _iter_write_features(
+    group: zarr.Group,
+    name: str,
+    features: Any,
+    layout: Layout,
+    info: Mapping[str, Any] | None,
+) -> Generator[int, None, dict[str, Any]]:
+    """:func:`_write_features` one image at a time: yields the number written, returns the attrs entry."""
     info_dict = normalize_features_info(info)
     array = None
     count = 0
@@ -223,6 +239,7 @@ def _write_features(
         check_features(i, stored)
         array[i] = stored
         count += 1
+        yield count
     if count != layout.n_images:
         raise StoreValidationError(f"features: got {count} per-image arrays, expected N={layout.n_images}")
     return {**info_dict, "n_channels": int(array.shape[1]), "grid_shape": [int(k) for k in array.shape[2:]]}
@@ -681,14 +698,31 @@ class DatasetStore:
         The new array is written under a temporary name and swapped in only when every image passed
         validation (finite after the float16 cast), so a failure leaves the previous state.
         """
+        for _ in self.iter_write_features(features, info=info, overwrite=overwrite):
+            pass
+
+    def iter_write_features(
+        self,
+        features: Any,
+        *,
+        info: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> Generator[int, None, None]:
+        """:meth:`write_features` one image at a time, yielding the number of images written so far.
+
+        The features are consumed lazily, so a caller can report progress (or compute each image's
+        features only when it is asked for). Closing the generator early, or an error, removes the
+        partial array and leaves the store as it was; the new array replaces the old one only after
+        the last image.
+        """
         self._require_writable()
         if self.has_features and not overwrite:
             raise StoreExistsError(
                 f"the store at {self._path} already has features; pass overwrite=True to replace them"
             )
         try:
-            entry = _write_features(self._group, _FEATURES_TMP, features, self._layout, info)
-        except BaseException:
+            entry = yield from _iter_write_features(self._group, _FEATURES_TMP, features, self._layout, info)
+        except BaseException:  # includes GeneratorExit: a generator closed early
             if _FEATURES_TMP in set(self._group.array_keys()):
                 del self._group[_FEATURES_TMP]
             raise
