@@ -114,3 +114,29 @@ def test_random_split_seed_checks():
         random_split(10, 0.5, seed=-1)
     with pytest.raises(ConformalError, match="seed"):
         random_split(10, 0.5, seed=1.5)
+
+
+def test_recorded_split_reads_valid_splits_only(tmp_path):
+    import zarr
+
+    from napari_conformal.io.indices import recorded_split
+    from napari_conformal.io.store import create_store, open_store
+
+    samples = np.full((5, 2, 2, 4, 4), 0.5, dtype=np.float32)
+    path = tmp_path / "s.zarr"
+    create_store(path, np.zeros((5, 4, 4), np.float32), samples, np.zeros((5, 4, 4), np.int64))
+
+    def split_of(split):
+        attrs = zarr.open_group(str(path), mode="r+").attrs
+        if split is None:
+            attrs.pop("split", None)
+        else:
+            attrs["split"] = split
+        return recorded_split(open_store(path))
+
+    assert split_of({"train": [], "calibration": [0, 1, 2], "test": [3, 4]}) == ([0, 1, 2], [3, 4])
+    assert split_of(None) is None
+    assert split_of({"calibration": [], "test": [1]}) is None  # nothing to calibrate on
+    assert split_of({"calibration": [0, 7], "test": []}) is None  # outside the store
+    assert split_of({"calibration": ["x"], "test": []}) is None
+    assert split_of(["not", "a", "dict"]) is None

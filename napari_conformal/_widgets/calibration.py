@@ -57,25 +57,6 @@ def _devices() -> list[str]:
     return ["auto", "cpu"] + [f"cuda:{i}" for i in range(n)]
 
 
-def store_split(store: Any) -> tuple[list[int], list[int]] | None:
-    """The store's recorded ``attrs["split"]`` (calibration, test), or None when it has none.
-
-    Demo stores record the split documented in ``docs/demo_data.md``; a split that
-    names images outside the store is ignored (None).
-    """
-    split = store.attrs.get("split")
-    if not isinstance(split, dict):
-        return None
-    try:
-        cal = [int(i) for i in split.get("calibration") or []]
-        test = [int(i) for i in split.get("test") or []]
-    except (TypeError, ValueError):
-        return None
-    if not cal or not all(0 <= i < store.n_images for i in cal + test):
-        return None
-    return cal, test
-
-
 class CalibrationWidget(QWidget):
     """Dock widget that calibrates a conformal method on a dataset store.
 
@@ -299,7 +280,7 @@ class CalibrationWidget(QWidget):
         from napari_conformal._widgets._common import context_for
         from napari_conformal.errors import ConformalError
         from napari_conformal.explore.calibrated import iter_calibrate_keeping_curves
-        from napari_conformal.io.indices import random_split
+        from napari_conformal.io.indices import random_split, recorded_split
         from napari_conformal.io.store import open_store
 
         req = self.request()
@@ -307,7 +288,7 @@ class CalibrationWidget(QWidget):
             if not req["store"]:
                 raise ConformalError("choose a store first")
             store = open_store(req["store"], mode="r")
-            split = store_split(store) if req["store_split"] else None
+            split = recorded_split(store) if req["store_split"] else None
             cal, test = split or random_split(store.n_images, req["fraction"], req["seed"])
         except (ConformalError, OSError) as exc:
             self._error(exc)

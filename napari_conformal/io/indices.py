@@ -1,15 +1,16 @@
-"""Image index sets: parse command-line selections and draw random calibration/test splits."""
+"""Image index sets: parse command-line selections, draw random calibration/test splits, read a store's recorded split."""
 
 from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 import numpy as np
 
 from napari_conformal.errors import ConformalError
 
-__all__ = ["parse_indices", "random_split"]
+__all__ = ["parse_indices", "random_split", "recorded_split"]
 
 _NUMBER = r"\s*(\d+)\s*"
 _SINGLE = re.compile(rf"^{_NUMBER}$")
@@ -124,4 +125,23 @@ def random_split(n: int, cal_fraction: float, seed: int) -> tuple[list[int], lis
     perm = np.random.default_rng(int(seed)).permutation(n)
     cal = sorted(int(k) for k in perm[:n_cal])
     test = sorted(int(k) for k in perm[n_cal:])
+    return cal, test
+
+
+def recorded_split(store: Any) -> tuple[list[int], list[int]] | None:
+    """The store's recorded ``attrs["split"]`` (calibration, test), or None when it has none.
+
+    Demo stores record the split documented in ``docs/demo_data.md``; a split that
+    names images outside the store is ignored (None).
+    """
+    split = store.attrs.get("split")
+    if not isinstance(split, dict):
+        return None
+    try:
+        cal = [int(i) for i in split.get("calibration") or []]
+        test = [int(i) for i in split.get("test") or []]
+    except (TypeError, ValueError):
+        return None
+    if not cal or not all(0 <= i < store.n_images for i in cal + test):
+        return None
     return cal, test
