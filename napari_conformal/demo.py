@@ -137,17 +137,6 @@ def start_demo_calibration(
     return widget
 
 
-def _terminal_progress(label: str) -> Callable[[int, int], None]:
-    show = sys.stderr.isatty()
-
-    def report(done: int, total: int) -> None:
-        if show and total > 0:
-            end = "\n" if done >= total else ""
-            print(f"\r{label}: {done}/{total} images", end=end, file=sys.stderr, flush=True)
-
-    return report
-
-
 def _wait(condition: Callable[[], bool], timeout_s: float) -> bool:
     """Process Qt events until ``condition()`` holds or ``timeout_s`` passes; whether it held."""
     from qtpy.QtWidgets import QApplication
@@ -214,6 +203,7 @@ def run_demo(
     """
     import napari
 
+    from napari_conformal.cli import _progress_bar
     from napari_conformal.demo_data import build_demo_store
 
     if dataset not in DEMO_DATASETS:
@@ -223,7 +213,7 @@ def run_demo(
     print(
         f"napari-conformal demo: preparing the {dataset!r} store (built once, then cached)…", file=sys.stderr
     )
-    store_path = build_demo_store(dataset, progress=_terminal_progress(f"building {dataset}"))
+    store_path = build_demo_store(dataset, progress=_progress_bar(f"building {dataset}", quiet=False))
     viewer = open_viewer(show=True)
     widget = dock_widget(viewer, CALIBRATION_DOCK)
     _raise_dock(viewer, EXPLORER_DOCKS.get(method))
