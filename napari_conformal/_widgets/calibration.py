@@ -277,7 +277,6 @@ class CalibrationWidget(QWidget):
         from napari.qt.threading import thread_worker
         from napari.utils import progress
 
-        from napari_conformal._widgets._common import context_for
         from napari_conformal.errors import ConformalError
         from napari_conformal.explore.calibrated import iter_calibrate_keeping_curves
         from napari_conformal.io.indices import random_split, recorded_split
@@ -305,9 +304,6 @@ class CalibrationWidget(QWidget):
             cal_indices=cal,
             params=req["params"],
         )
-        if req["method"] == "rwcp":  # RW-CP companions of other methods use the same graph settings
-            rwcp_params = {key: v for key, v in req["params"].items() if key != "device"}
-            context_for(self.viewer).workspace.companion_params["rwcp"] = rwcp_params
         self._progress = progress(total=len(cal), desc=f"Calibrating {req['method']}")
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda calibrated: self._on_done(calibrated, store, test))
@@ -348,7 +344,12 @@ class CalibrationWidget(QWidget):
             f"{record['method']}: λ̂ = {record['lambda_hat']:.5g} from n = {record['n']} images "
             f"({levels}); {len(test)} test images."
         )
-        session = context_for(self.viewer).workspace.publish(store, calibrated, test)
+        workspace = context_for(self.viewer).workspace
+        if record["method"] == "rwcp":  # a later RW-CP companion uses the same graph settings
+            workspace.companion_params["rwcp"] = {
+                key: v for key, v in (record.get("params") or {}).items() if key != "device"
+            }
+        session = workspace.publish(store, calibrated, test)
         if test:
             self._show_test_image(session, test[0])
 

@@ -19,6 +19,7 @@ background once and is cached (the layers keep their last state meanwhile).
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,6 +46,7 @@ ALWAYS_COLOUR = "#39ff14"
 POSSIBLY_COLOUR = "#ff8c00"
 
 
+@functools.cache
 def _direction_colormap() -> Any:
     """Diverging magenta–green with a transparent middle: a direction map tints only where it is strong,
     so the image underneath stays readable."""
