@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_conformal.api import _prepare_image
+from napari_conformal.api import _prepare_image, drive, feature_cache_matches, iter_map_images
 from napari_conformal.core.crc import check_calibration_size
 from napari_conformal.core.guarantees import crc_risk_tolerance, repeated_splits, splitcp_coverage_band
 from napari_conformal.core.method import ConformalMethod, make_method, method_class
@@ -435,7 +435,6 @@ def iter_report(
         per-image rows (the method cannot guarantee that α on that calibration set).
     """
     from napari_conformal import __version__
-    from napari_conformal.api import feature_cache_matches, iter_map_images
 
     started = time.perf_counter()
     names = _check_methods(methods.split(",") if isinstance(methods, str) else methods)
@@ -672,7 +671,6 @@ def build_report(
     **kwargs: Any,
 ) -> dict[str, Any]:
     """:func:`iter_report` with ``progress(done, total)`` and ``should_stop()`` callbacks."""
-    from napari_conformal.api import drive
 
     return drive(iter_report(store, methods, alphas, **kwargs), progress, should_stop)
 
