@@ -6,10 +6,10 @@ Run::
 
 What it measures (issue #3 item 7):
 
-1. a seeded synthetic calibration set (:func:`napari_conformal.core.consign.phantom.cardiac_phantom`:
+1. a seeded synthetic calibration set (:func:`napari_conformal.testing.phantom.cardiac_phantom`:
    n = 100 images of 128², L = 4, T = 20 samples, K = 5);
 2. our calibration (bases + batched coverage search + λ̂) and the paper's loop
-   (:mod:`napari_conformal.core.consign.paper_loop`, reference defaults) on the
+   (:mod:`napari_conformal.testing.paper_loop`, reference defaults) on the
    same bases and boxes, at two (α, ν) settings: times, ratio, both λ̂. The
    baseline runs under a time budget; when the budget runs out, its total is
    extrapolated from the measured per-(image, step) costs (said in the table);
@@ -39,13 +39,13 @@ import torch
 
 from napari_conformal.core.consign.basis import compute_bases
 from napari_conformal.core.consign.box import make_box
-from napari_conformal.core.consign.calibration import ConsignCalibrator
+from napari_conformal.core.consign.calibrator import ConsignCalibrator
 from napari_conformal.core.consign.curves import CurveSet
 from napari_conformal.core.consign.members import ConsignSet, segment
-from napari_conformal.core.consign.paper_loop import PaperLoopConfig, paper_loop_calibration
-from napari_conformal.core.consign.phantom import cardiac_phantom
 from napari_conformal.core.consign.search import SearchConfig
-from napari_conformal.core.diversity import diversity_curves
+from napari_conformal.core.metrics.diversity import diversity_curves
+from napari_conformal.testing.paper_loop import PaperLoopConfig, paper_loop_calibration
+from napari_conformal.testing.phantom import cardiac_phantom
 
 PHANTOM = {"shift": 0.7, "bias": 0.5, "size": 0.6, "smoothness": 4.0}
 

@@ -29,9 +29,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from napari_conformal.core import pixelwise as pw
-from napari_conformal.core.method import make_method
-from napari_conformal.core.synthetic import lowrank_multiclass_dataset
+from napari_conformal.core.methods import pixelwise as pw
+from napari_conformal.core.methods.base import make_method
+from napari_conformal.testing.synthetic import lowrank_multiclass_dataset
 
 CONFIGS: list[tuple[str, str, dict]] = [
     ("aps", "aps", {}),

@@ -35,11 +35,11 @@ import numpy as np
 import psutil
 import torch
 
-from napari_conformal.core.diffusion import diffuse
-from napari_conformal.core.features import make_extractor
-from napari_conformal.core.graph import default_chunk_size, transition_matrix
-from napari_conformal.core.method import make_method
-from napari_conformal.core.synthetic import binary_blobs_dataset
+from napari_conformal.core.methods.base import make_method
+from napari_conformal.core.rwcp.diffusion import diffuse
+from napari_conformal.core.rwcp.features import make_extractor
+from napari_conformal.core.rwcp.graph import default_chunk_size, transition_matrix
+from napari_conformal.testing.synthetic import binary_blobs_dataset
 
 K, BETA, STEPS = 20, 50.0, 10
 
@@ -148,7 +148,7 @@ def bench_pipeline(shape: tuple[int, ...], repeat: int, grid_stride: int | None 
 
 
 def bench_model_load() -> float:
-    from napari_conformal.core import features as feat
+    from napari_conformal.core.rwcp import features as feat
 
     feat._MODEL_CACHE.clear()
     t, _ = _time(lambda: feat._efficientnet_lite0(torch.device("cpu")))
@@ -183,7 +183,7 @@ def bench_lambda(n: int = 500, seed: int = 0) -> dict:
 
 def bench_table(seeds=(0, 1, 2), n_cal=20, n_test=50, size=128, alphas=(0.2, 0.1, 0.05)) -> list[str]:
     """Table-1-shaped comparison on synthetic data (mean ± std over seeds of the test means)."""
-    from napari_conformal.core.metrics import segmentation_metrics
+    from napari_conformal.core.metrics.segmentation import segmentation_metrics
 
     keys = ("coverage", "stretch", "dice", "assd", "hd95")
     results: dict[tuple, list[dict]] = {}

@@ -46,9 +46,9 @@ from typing import Any
 import numpy as np
 
 from napari_conformal.api import calibrate
-from napari_conformal.core.method import available_methods
-from napari_conformal.core.synthetic import binary_blobs_dataset, lowrank_multiclass_dataset
+from napari_conformal.core.methods.base import available_methods
 from napari_conformal.io.store import DatasetStore, open_store
+from napari_conformal.testing.synthetic import binary_blobs_dataset, lowrank_multiclass_dataset
 
 #: per method: dataset kind and calibrate keyword arguments
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -176,7 +176,7 @@ def _child_rss(store_path: str) -> None:
 
     import psutil
 
-    from napari_conformal.core.method import make_method
+    from napari_conformal.core.methods.base import make_method
 
     store = open_store(store_path)
     method = make_method("crc", alpha=0.5)  # warm-up: imports and first allocations, no whole-store pass

@@ -57,8 +57,8 @@ def wait_settled(widget, timeout: float = 1800.0) -> None:
 
 def make_stores(folder: Path, shape: tuple[int, ...], n: int) -> tuple[Path, Path]:
     """A binary and a 3-label store of ``n`` images, generated image by image (bounded memory)."""
-    from napari_conformal.core.synthetic import binary_blobs_dataset, lowrank_multiclass_dataset
     from napari_conformal.io.store import create_store
+    from napari_conformal.testing.synthetic import binary_blobs_dataset, lowrank_multiclass_dataset
 
     parts = [binary_blobs_dataset(1, shape, n_samples=6, seed=100 + i) for i in range(n)]
     binary = folder / f"binary_{len(shape)}d.zarr"

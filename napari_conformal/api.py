@@ -1,32 +1,36 @@
-"""High-level calibrate / evaluate on a dataset store.
+"""Calibrate and evaluate on a dataset store or on in-memory arrays: the engine every caller shares.
 
-The command line, the dock widgets and scripts all call these two functions.
-They take plain callbacks for progress and cancellation, so the same code runs
-in a terminal, a test, a napari thread worker or a dask client::
+The command line, the docks, the report and scripts all call these functions; each is a progress
+generator (``iter_…``, yielding :class:`~napari_conformal.core.progress.Step`) with a plain-callback
+wrapper, so the same code runs in a terminal, a test, a napari thread worker or a dask client::
 
     calib = calibrate(store, "crc", alpha=0.1, cal_indices=range(20))
-    report = evaluate(store, calib)
+    report = evaluate(store, calib)                      # METRICS.json as a dict
+    calib.save("calib.json"); Calibration.load("calib.json")
 
-Both return JSON-ready dictionaries (the ``CALIB.json`` and ``METRICS.json`` of
-SPEC §4).
+One path for every method (docs/algorithms.md): validate the levels, the options and the
+calibration size *before* any per-image work; read and validate each image once
+(:func:`~napari_conformal.io.dataset.read_image`); ``prepare`` it (on a dask cluster when asked);
+then the method's batch hook :meth:`~napari_conformal.core.methods.base.ConformalMethod.iter_curves`
+(CONSIGN's batched search) and its reduction to λ̂. The result is a
+:class:`~napari_conformal.core.calibration.Calibration`.
 
-Methods that extract image features (RW-CP) read them from the store's
-``features`` array when :func:`cache_features` wrote it with the same extractor
-settings (see :func:`feature_cache_matches`); otherwise they compute them.
+Methods that extract image features (RW-CP) read them from the store's ``features`` array when
+:func:`cache_features` wrote it with the same extractor settings (:func:`feature_cache_matches`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from napari_conformal.core.method import ConformalMethod, make_method
-from napari_conformal.core.metrics import nanmean_metrics
-from napari_conformal.errors import Cancelled, ConformalError
+from napari_conformal.core.calibration import Calibration, Provenance, StoreRef
+from napari_conformal.core.methods.base import ConformalMethod, make_method, method_class
+from napari_conformal.core.progress import Step
+from napari_conformal.errors import Cancelled, ConformalError, ParameterError, StoreValidationError
 
 __all__ = [
     "Cancelled",
@@ -34,12 +38,14 @@ __all__ = [
     "calibrate",
     "drive",
     "evaluate",
+    "extend",
     "feature_cache_matches",
     "iter_cache_features",
     "iter_calibrate",
     "iter_evaluate",
+    "iter_extend",
     "iter_map_images",
-    "method_from_calibration",
+    "iter_prepare",
 ]
 
 Progress = Callable[[int, int], None]
@@ -47,15 +53,16 @@ ShouldStop = Callable[[], bool]
 T = TypeVar("T")
 
 
-def iter_map_images(
-    fn: Callable[[int], Any], indices: Sequence[int], *, scheduler: str | None = None
-) -> Generator[tuple[int, int], None, list[Any]]:
-    """Apply ``fn`` to each image index, yielding ``(done, total)`` after each one.
+# -- running ------------------------------------------------------------------------------------------
 
-    The generator's return value (``StopIteration.value``) is the list of
-    results in index order. Closing the generator early stops the work between
-    two images; nothing partial is returned. A napari ``thread_worker`` drives
-    it directly (its ``quit()`` is the cancel button).
+
+def iter_map_images(
+    fn: Callable[[int], Any], indices: Sequence[int], *, scheduler: Any = None, stage: str = "images"
+) -> Generator[Step, None, list[Any]]:
+    """Apply ``fn`` to each image index, yielding a :class:`Step` after each one.
+
+    The generator's return value is the list of results in index order. Closing the generator
+    early stops the work between two images; nothing partial is returned.
 
     Parameters
     ----------
@@ -64,36 +71,47 @@ def iter_map_images(
     indices : sequence of int
         Image indices.
     scheduler : str, optional
-        ``None`` for this process; ``"local"`` or a scheduler address for dask.distributed.
+        ``None`` for this process; ``"local"`` or a scheduler address for dask.distributed
+        (results identical to the serial run).
+    stage : str
+        The :attr:`Step.stage` yielded.
     """
     total = len(indices)
     if scheduler:
         from napari_conformal.parallel import iter_map_on_cluster
 
-        return (yield from iter_map_on_cluster(fn, indices, scheduler=scheduler))
+        gen = iter_map_on_cluster(fn, indices, scheduler=scheduler)
+        try:
+            while True:
+                done, _ = next(gen)
+                yield Step(done, total, stage)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            gen.close()
     out = []
-    yield 0, total
+    yield Step(0, total, stage)
     for j, i in enumerate(indices):
         out.append(fn(i))
-        yield j + 1, total
+        yield Step(j + 1, total, stage)
     return out
 
 
 def drive(
-    gen: Generator[tuple[int, int], None, T],
-    progress: Progress | None = None,
+    gen: Generator[Any, None, T],
+    progress: Callable[..., None] | None = None,
     should_stop: ShouldStop | None = None,
 ) -> T:
     """Run a progress generator to completion with plain callbacks.
 
-    ``progress(done, total)`` is called for each step; when ``should_stop()``
-    returns True the generator is closed and :class:`Cancelled` is raised.
+    ``progress(done, total)`` is called for each step; when ``should_stop()`` returns True the
+    generator is closed and :class:`Cancelled` is raised.
     """
     try:
         while True:
-            done, total = next(gen)
+            step = next(gen)
             if progress is not None:
-                progress(done, total)
+                progress(step[0], step[1])
             if should_stop is not None and should_stop():
                 gen.close()
                 raise Cancelled()
@@ -101,11 +119,17 @@ def drive(
         return stop.value
 
 
-def _with_image(i: int, fn: Callable[[], Any]) -> Any:
+def _with_image(i: int, fn: Callable[[], T]) -> T:
+    """``fn()``, with data errors that do not name their image prefixed by it."""
     try:
         return fn()
+    except ParameterError:
+        raise
     except ConformalError as exc:
-        raise type(exc)(f"image {i}: {exc}") from None
+        text = str(exc)
+        if f"image {i}" in text:
+            raise
+        raise type(exc)(f"image {i}: {text}") from None
 
 
 # -- cached features ---------------------------------------------------------------------------------
@@ -119,8 +143,8 @@ def _json_normal(value: Any) -> Any:
 
 
 def _extractor_params(method: ConformalMethod) -> dict[str, Any] | None:
-    """The method's extractor description, or None when it has no feature extractor."""
-    if not callable(getattr(method, "compute_features", None)):
+    """The method's extractor description, or None when it uses no image features."""
+    if not method.uses_features:
         return None
     extractor = getattr(method, "extractor", None)
     if extractor is None or not callable(getattr(extractor, "params", None)):
@@ -128,27 +152,18 @@ def _extractor_params(method: ConformalMethod) -> dict[str, Any] | None:
     return extractor.params()
 
 
-def feature_cache_matches(store: Any, method: ConformalMethod) -> bool:
-    """Whether ``method`` will read its features from ``store`` instead of computing them.
+def feature_cache_matches(data: Any, method: ConformalMethod) -> bool:
+    """Whether ``method`` will read its features from ``data`` (a store) instead of computing them.
 
-    True when the method extracts features (has ``compute_features``), the store
-    holds a ``features`` array, and the extractor recorded with it
-    (``store.features_info["extractor"]``, written by :func:`cache_features`)
-    equals ``method.extractor.params()`` after JSON normalisation. Features
-    cached with other settings, or written without an ``"extractor"`` entry,
-    are ignored: the method then computes its features as usual.
-
-    Parameters
-    ----------
-    store : DatasetStore
-        An open store.
-    method : ConformalMethod
-        The method about to prepare images of ``store``.
+    True when the method uses image features, the store holds a ``features`` array, and the
+    extractor recorded with it (``store.features_info["extractor"]``, written by
+    :func:`cache_features`) equals ``method.extractor.params()`` after JSON normalisation. Features
+    cached with other settings are ignored: the method then computes its features as usual.
     """
     wanted = _extractor_params(method)
-    if wanted is None or not store.has_features:
+    if wanted is None or not getattr(data, "has_features", False):
         return False
-    recorded = (store.features_info or {}).get("extractor")
+    recorded = (data.features_info or {}).get("extractor")
     if recorded is None:
         return False
     try:
@@ -157,30 +172,15 @@ def feature_cache_matches(store: Any, method: ConformalMethod) -> bool:
         return False
 
 
-def _prepare_image(
-    method: ConformalMethod, store: Any, i: int, cached: bool, image: Any = None, samples: Any = None
-) -> Any:
-    """``method.prepare`` for image ``i`` of ``store``; ``cached``: pass the stored features.
-
-    Shared by calibration, evaluation and the report (which passes the ``image`` and ``samples``
-    it has already read). ``cached`` is :func:`feature_cache_matches`, decided once per run in
-    the calling process, so workers of a dask cluster only read the arrays.
-    """
-    image = store.image(i) if image is None else image
-    samples = store.samples(i) if samples is None else samples
+def _prepare(method: ConformalMethod, data: Any, image: Any, cached: bool) -> Any:
+    """``method.prepare`` of one validated image (:class:`~napari_conformal.io.dataset.ImageData`)."""
+    kwargs: dict[str, Any] = {"stored_dtype": data.samples_dtype}
     if cached:
-        # (C, *S') float32; prepare checks it against the probability map's grid
-        return method.prepare(image, samples, features=store.features(i))
-    return method.prepare(image, samples)
+        kwargs["features"] = data.features(image.index)  # (C, *S') float32; prepare checks its grid
+    return method.prepare(image.image, image.samples, **kwargs)
 
 
 _NO_FEATURES = "method {name!r} does not use image features; only rwcp features can be cached in a store"
-
-
-def _feature_method(method: ConformalMethod) -> ConformalMethod:
-    if _extractor_params(method) is None:
-        raise ConformalError(_NO_FEATURES.format(name=getattr(method, "name", type(method).__name__)))
-    return method
 
 
 def iter_cache_features(
@@ -189,64 +189,45 @@ def iter_cache_features(
     *,
     indices: Iterable[int] | None = None,
     overwrite: bool = False,
-    params: dict[str, Any] | None = None,
-) -> Generator[tuple[int, int], None, dict[str, Any]]:
-    """Compute a method's image features and store them in the ``features`` array (SPEC §3).
+    **options: Any,
+) -> Generator[Step, None, dict[str, Any]]:
+    """Compute a method's image features and store them in the ``features`` array.
 
-    Later :func:`calibrate` / :func:`evaluate` runs with the same extractor
-    settings read them instead of recomputing (:func:`feature_cache_matches`).
-    Features are computed one image at a time and streamed into
-    ``store.iter_write_features``, which swaps the new array in only when every
-    image is written: cancelling or failing leaves the store as it was.
-    The array is float16 (SPEC §3), so maps computed from the cache can differ
-    from freshly computed ones by float16 rounding of the features.
+    Later :func:`calibrate` / :func:`evaluate` runs with the same extractor settings read them
+    instead of recomputing (:func:`feature_cache_matches`). Features are computed one image at a
+    time and streamed into ``store.iter_write_features``, which swaps the new array in only when
+    every image is written: cancelling or failing leaves the store as it was. The array is float16,
+    so maps computed from the cache can differ from freshly computed ones by float16 rounding.
 
     Parameters
     ----------
     store : DatasetStore
         A store opened writable (``open_store(path, mode="r+")``).
     method : str or ConformalMethod
-        A method with ``compute_features`` (``"rwcp"``), or its registered name
-        (built with ``params``; the risk level does not matter for features).
+        A method that uses image features (``"rwcp"``), or an instance of one.
     indices : iterable of int, optional
-        Recompute only these images and copy the others from the existing
-        cache, which must have been made with the same extractor (and needs
-        ``overwrite=True``). Default: every image.
+        Recompute only these images and copy the others from the existing cache, which must have
+        been made with the same extractor (and needs ``overwrite=True``). Default: every image.
     overwrite : bool
         Replace features the store already holds.
-    params : dict, optional
-        Method parameters when ``method`` is a name (``features``,
-        ``grid_stride``, ``model_dir``, ``device``, …).
-
-    Yields
-    ------
-    (done, total)
-        Progress in images computed.
+    **options
+        Method options when ``method`` is a name (``features``, ``grid_stride``, ``model_dir``,
+        ``device``, …).
 
     Returns
     -------
     dict
-        ``store.features_info`` after writing: ``{"extractor": {...},
-        "n_channels": C, "grid_shape": [...]}``, as the generator's return value.
-
-    Raises
-    ------
-    ConformalError
-        The method has no feature extractor, the store is read-only, it already
-        holds features and ``overwrite`` is False, or ``indices`` is partial
-        without a matching cache to copy the rest from.
+        ``store.features_info`` after writing, as the generator's return value.
     """
     if isinstance(method, str):
-        from napari_conformal.core.method import method_class
-
-        if not callable(getattr(method_class(method), "compute_features", None)):
+        if not method_class(method).uses_features:
             raise ConformalError(_NO_FEATURES.format(name=method))
-        method = make_method(method, alpha=0.1, **(params or {}))  # α does not enter the features
-    method = _feature_method(method)
+        method = make_method(method, **options)
+    if _extractor_params(method) is None:
+        raise ConformalError(_NO_FEATURES.format(name=method.name))
     if getattr(store, "mode", "r") != "r+":
         raise ConformalError(
-            f"the store at {store.path} is open read-only; open it with open_store(path, mode='r+') "
-            "to cache features in it"
+            f"the store at {store.path} is open read-only; open it with open_store(path, mode='r+') to cache features in it"
         )
     if store.has_features and not overwrite:
         raise ConformalError(
@@ -282,13 +263,13 @@ def iter_cache_features(
                 yield store.features(i)  # the old array stays until the new one is swapped in
 
     writer = store.iter_write_features(per_image(), info=info, overwrite=True)
-    yield 0, total
+    yield Step(0, total, "features")
     reported = 0
     try:
         for _ in writer:
             if computed != reported:  # one report per computed image (copied ones are not counted)
                 reported = computed
-                yield computed, total
+                yield Step(computed, total, "features")
     finally:
         writer.close()  # closed early (cancelled): the partial array is removed, the store unchanged
     return store.features_info
@@ -306,193 +287,345 @@ def cache_features(
     return drive(iter_cache_features(store, method, **kwargs), progress, should_stop)
 
 
-def iter_calibrate(
-    store: Any,
-    method: str | ConformalMethod,
+# -- calibration ---------------------------------------------------------------------------------------
+
+
+def _dataset(data: Any, arrays: dict[str, Any]) -> Any:
+    from napari_conformal.io.dataset import as_dataset
+
+    return as_dataset(data, **{k: v for k, v in arrays.items() if v is not None})
+
+
+def _method(method: str | ConformalMethod | None, device: str | None, options: dict[str, Any]) -> ConformalMethod:
+    if method is None:
+        raise ParameterError("method is required (e.g. 'crc', 'consign'; see available_methods())")
+    if isinstance(method, ConformalMethod):
+        if options:
+            raise ParameterError(f"options {sorted(options)} cannot be applied to a method instance")
+        return method
+    return make_method(method, device=device, **options)
+
+
+def _indices(indices: Iterable[int], n: int, what: str) -> list[int]:
+    out = []
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, int | np.integer):
+            raise ParameterError(f"{what} must be image indices (integers), got {i!r}")
+        if not 0 <= int(i) < n:
+            raise ParameterError(f"{what}: image index {int(i)} is out of range 0..{n - 1}")
+        out.append(int(i))
+    if not out:
+        raise ParameterError(f"{what} is empty")
+    if len(set(out)) != len(out):
+        raise ParameterError(f"{what} contains duplicates")
+    return out
+
+
+def _device_name(method: ConformalMethod) -> str:
+    if not method.uses_device:
+        return "cpu"
+    from napari_conformal.core.device import resolve_device
+
+    return str(resolve_device(method.device))
+
+
+def iter_prepare(
+    data: Any,
+    method: ConformalMethod,
+    indices: Sequence[int],
     *,
-    alpha: float | None = None,
-    cal_indices: Iterable[int],
+    with_labels: bool = True,
+    scheduler: Any = None,
+) -> Generator[Step, None, list[tuple[Any, np.ndarray | None]]]:
+    """Read, validate and prepare images (on a dask cluster when asked): ``[(prepared, label), …]``."""
+    from napari_conformal.io.dataset import read_image
+
+    cached = feature_cache_matches(data, method)
+
+    def one(i: int) -> tuple[Any, np.ndarray | None]:
+        def run() -> tuple[Any, np.ndarray | None]:
+            image = read_image(data, i, with_label=with_labels)
+            return _prepare(method, data, image, cached), image.label
+
+        return _with_image(i, run)
+
+    return (yield from iter_map_images(one, indices, scheduler=scheduler))
+
+
+def iter_calibrate(
+    data: Any = None,
+    method: str | ConformalMethod | None = None,
+    *,
+    alpha: float,
     nu: float | None = None,
-    k: int | None = None,
-    params: dict[str, Any] | None = None,
-    scheduler: str | None = None,
-) -> Generator[tuple[int, int], None, dict[str, Any]]:
-    """Calibrate ``method`` on the images ``cal_indices`` of ``store``.
+    cal_indices: Iterable[int] | None = None,
+    device: str | None = None,
+    scheduler: Any = None,
+    split_seed: int | None = None,
+    images: Any = None,
+    samples: Any = None,
+    labels: Any = None,
+    spacing: Sequence[float] | None = None,
+    **options: Any,
+) -> Generator[Step, None, Calibration]:
+    """Calibrate ``method`` on the images ``cal_indices`` of ``data``, as a progress generator.
 
     Parameters
     ----------
-    store : DatasetStore
-        An open store with labels.
+    data : DatasetStore, path, dict or ArrayDataset, optional
+        The data (a path is opened read-only); or pass ``images=``, ``samples=``, ``labels=``.
     method : str or ConformalMethod
-        A registered method name (``"crc"``, ``"consign"``, …) or an instance.
+        A registered name (``"crc"``, ``"consign"``, …; :func:`available_methods`) or an instance.
     alpha : float
-        Risk level in (0, 1) (required with a method name).
-    cal_indices : iterable of int
-        Calibration image indices.
-    nu, k : optional
-        Label-wise accuracy ν and number of components / neighbours.
-    params : dict, optional
-        Other method parameters.
+        Risk level in (0, 1).
+    nu : float, optional
+        Label-wise accuracy in [0, 1) (CONSIGN and pixel-wise methods; refused by the others).
+    cal_indices : iterable of int, optional
+        Calibration image indices (default: every image).
+    device : str, optional
+        "auto" (default), "cpu", "cuda" or "cuda:i" for methods that compute with torch.
     scheduler : str, optional
-        See :func:`iter_map_images`.
+        Run the per-image work on dask.distributed ("local" or an address); same λ̂ as serial.
+    split_seed : int, optional
+        Seed of the random split that chose ``cal_indices``, recorded in the provenance.
+    images, samples, labels, spacing
+        In-memory arrays instead of ``data``: ``images`` (N, *S), ``samples`` (N, T, L, *S),
+        ``labels`` (N, *S).
+    **options
+        The method's options (``k=5``, ``features="multiscale"``, ``tau=0.9``, …).
 
     Yields
     ------
-    (done, total)
-        Progress in images.
+    Step
+        Images read and prepared (stage ``"images"``), then the method's curve stage.
 
     Returns
     -------
-    dict
-        The calibration record (SPEC §4 ``CALIB.json``), as the generator's
-        return value; :func:`calibrate` runs it with callbacks.
+    Calibration
+        As the generator's return value; :func:`calibrate` runs it with callbacks.
+
+    Raises
+    ------
+    ParameterError
+        Bad levels, options or indices (before any per-image work).
+    InsufficientCalibrationError
+        n < ⌈1/α⌉ − 1 (before any per-image work; names the smallest α n allows).
+    StoreValidationError
+        Bad data, naming the array and the image.
     """
-    from napari_conformal import __version__
+    dataset = _dataset(data, {"images": images, "samples": samples, "labels": labels, "spacing": spacing})
+    m = _method(method, device, options)
+    alpha, nu = m.check_levels(alpha, nu)
+    if not dataset.has_labels:
+        raise StoreValidationError(
+            f"{getattr(dataset, 'path', None) or 'the data'} has no 'labels' array: calibration needs ground truth"
+        )
+    cal = _indices(range(dataset.n_images) if cal_indices is None else cal_indices, dataset.n_images, "cal_indices")
+    m.check_calibration(len(cal), alpha)
+    m.check_data(n_labels=dataset.n_labels, n_samples=dataset.n_samples, ndim=dataset.ndim)
+    device_used = _device_name(m)
+    if m.batch_curves:
+        pairs = yield from iter_prepare(dataset, m, cal, scheduler=scheduler)
+        curves = yield from m.iter_curves([p for p, _ in pairs], [y for _, y in pairs], alpha=alpha, nu=nu)
+    else:
+        from napari_conformal.io.dataset import read_image
 
-    if isinstance(method, str):
-        if alpha is None:
-            raise ConformalError("alpha is required")
-        name = method
-        method = make_method(method, alpha=alpha, nu=nu, k=k, **(params or {}))
-        if nu is not None and not method.uses_nu:
-            raise ConformalError(f"nu does not apply to method {name!r}")
-    if method.uses_nu and method.nu is None:
-        raise ConformalError(f"method {method.name!r} needs nu (label-wise accuracy in (0, 1))")
-    if not store.has_labels:
-        raise ConformalError(f"store {store.path} has no 'labels' array: calibration needs ground truth")
-    cal = [int(i) for i in cal_indices]
-    if len(set(cal)) != len(cal):
-        raise ConformalError("cal_indices contains duplicates")
+        cached = feature_cache_matches(dataset, m)
 
-    cached = feature_cache_matches(store, method)
+        def one(i: int) -> Any:
+            def run() -> Any:
+                image = read_image(dataset, i)
+                return m.curve(_prepare(m, dataset, image, cached), image.label, alpha=alpha, nu=nu)
 
-    def one(i: int) -> Any:
-        return _with_image(i, lambda: method.curve(_prepare_image(method, store, i, cached), store.label(i)))
+            return _with_image(i, run)
 
-    curves = yield from iter_map_images(one, cal, scheduler=scheduler)
-    lam = method.lambda_hat(curves)
-    return {
-        "method": method.name,
-        "alpha": method.alpha,
-        "nu": method.nu if method.uses_nu else None,
-        "k": method.k,
-        "lambda_hat": float(lam),
-        "n": len(cal),
-        "cal_indices": cal,
-        "version": __version__,
-        "store": {"path": str(Path(store.path).resolve()), "identity": store.identity()},
-        "params": method.params(),
-    }
+        curves = yield from iter_map_images(one, cal, scheduler=scheduler)
+    lam = m.lambda_hat(curves, alpha=alpha, nu=nu)
+    calibration = Calibration(
+        method=m.name,
+        params=m.params(),
+        alpha=alpha,
+        nu=nu,
+        lambda_hat=float(lam),
+        cal_indices=tuple(cal),
+        store=StoreRef.of(dataset),
+        curves=tuple(curves),
+        provenance=Provenance.now(device=device_used, seed=split_seed),
+    )
+    calibration.__dict__["method_object"] = m
+    return calibration
 
 
 def calibrate(
-    store: Any,
-    method: str | ConformalMethod,
+    data: Any = None,
+    method: str | ConformalMethod | None = None,
     *,
     progress: Progress | None = None,
     should_stop: ShouldStop | None = None,
     **kwargs: Any,
-) -> dict[str, Any]:
-    """:func:`iter_calibrate` with ``progress(done, total)`` and ``should_stop()`` callbacks."""
-    return drive(iter_calibrate(store, method, **kwargs), progress, should_stop)
+) -> Calibration:
+    """:func:`iter_calibrate` with ``progress(done, total)`` and ``should_stop()`` callbacks.
+
+    Examples
+    --------
+    >>> calib = calibrate(store, "consign", alpha=0.1, nu=0.9, cal_indices=range(40))  # doctest: +SKIP
+    >>> calib = calibrate(method="crc", alpha=0.1, images=x, samples=p, labels=y)     # doctest: +SKIP
+    """
+    return drive(iter_calibrate(data, method, **kwargs), progress, should_stop)
 
 
-def method_from_calibration(calib: dict[str, Any], **overrides: Any) -> ConformalMethod:
-    """Rebuild the method object a calibration record was made with."""
-    params = {**(calib.get("params") or {}), **overrides}
-    return make_method(calib["method"], alpha=calib["alpha"], nu=calib.get("nu"), k=calib.get("k"), **params)
+def iter_extend(
+    calibration: Calibration,
+    data: Any,
+    *,
+    alpha: float,
+    nu: float | None = None,
+    prepared: Sequence[Any] | None = None,
+    labels: Sequence[np.ndarray] | None = None,
+    scheduler: Any = None,
+) -> Generator[Step, None, Calibration]:
+    """``calibration`` with curves that also answer (α, ν) (CONSIGN at another box quantile level).
+
+    A calibration already answering (α, ν) is returned as it is; otherwise the calibration images
+    are prepared again (unless ``prepared`` and ``labels`` are given, e.g. from a viewer's cache)
+    and the method's batch hook extends the curves. λ̂ at the calibration's own levels is unchanged.
+    """
+    if calibration.answers(alpha, nu):
+        return calibration
+    m = calibration.method_object
+    a, v = m.check_levels(alpha, nu if m.uses_nu else None)
+    m.check_calibration(calibration.n, a)
+    if prepared is None or labels is None:
+        dataset = _dataset(data, {})
+        _check_same_data(calibration, dataset)
+        pairs = yield from iter_prepare(dataset, m, list(calibration.cal_indices), scheduler=scheduler)
+        prepared, labels = [p for p, _ in pairs], [y for _, y in pairs]
+    curves = yield from m.iter_curves(prepared, labels, alpha=a, nu=v, previous=calibration.curves)
+    return calibration.with_curves(curves)
+
+
+def extend(
+    calibration: Calibration,
+    data: Any,
+    *,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+    **kwargs: Any,
+) -> Calibration:
+    """:func:`iter_extend` with callbacks."""
+    return drive(iter_extend(calibration, data, **kwargs), progress, should_stop)
+
+
+# -- evaluation ------------------------------------------------------------------------------------------
+
+
+def _check_same_data(calibration: Calibration, dataset: Any) -> None:
+    if calibration.store.identity != dataset.identity():
+        where = calibration.store.path or "in-memory arrays"
+        raise StoreValidationError(
+            f"these are not the data this calibration was made on ({where}); calibrate on them first, or "
+            "evaluate with check_identity=False (--other-data) to treat every image as a test image"
+        )
 
 
 def iter_evaluate(
-    store: Any,
-    calib: dict[str, Any],
+    data: Any,
+    calibration: Calibration,
     *,
     test_indices: Iterable[int] | None = None,
     n_samples: Sequence[int] = (10, 50, 100, 500, 1000),
     seed: int = 0,
-    overrides: dict[str, Any] | None = None,
+    device: str | None = None,
     check_identity: bool = True,
-    scheduler: str | None = None,
-) -> Generator[tuple[int, int], None, dict[str, Any]]:
-    """Per-image and mean metrics of a calibration on test images.
+    scheduler: Any = None,
+) -> Generator[Step, None, dict[str, Any]]:
+    """Per-image and mean metrics of a calibration on test images (``METRICS.json`` as a dict).
 
     Parameters
     ----------
-    store : DatasetStore
-        The store the calibration was made on (checked by content identity).
-    calib : dict
-        A record from :func:`calibrate`.
+    data : DatasetStore, path, dict or ArrayDataset
+        The data; by default the one the calibration was made on (checked by content identity).
+    calibration : Calibration
+        From :func:`calibrate` or :meth:`Calibration.load`.
     test_indices : iterable of int, optional
-        Default: every image not used for calibration.
+        Default: every image not used for calibration (every image for other data).
     n_samples : sequence of int
         Numbers of sampled members for Chao1 / SEC / correlation (sampling methods only).
     seed : int
         Seed for sampling members (image i uses ``seed + i``).
-
-    Yields
-    ------
-    (done, total)
-        Progress in images.
+    device : str, optional
+        Override the device of methods that compute with torch.
+    check_identity : bool
+        Refuse data other than the calibration's (False: evaluate on other data, every image a test image).
+    scheduler : str, optional
+        As in :func:`iter_calibrate`.
 
     Returns
     -------
     dict
-        ``{"per_image": [...], "mean": {...}, ...}`` (SPEC §4 ``METRICS.json``),
-        as the generator's return value; :func:`evaluate` runs it with callbacks.
+        ``{"method", "alpha", "nu", "lambda_hat", "n_test", "guarantee", "per_image": [...], "mean": {...}}``.
     """
-    if not store.has_labels:
-        raise ConformalError(f"store {store.path} has no 'labels' array: evaluation needs ground truth")
-    if check_identity and calib["store"].get("identity") != store.identity():
-        raise ConformalError(
-            f"store {store.path} is not the store this calibration was made on "
-            f"({calib['store'].get('path')}); calibrate on it first"
-        )
-    cal = {int(i) for i in calib["cal_indices"]}
+    from napari_conformal.core.metrics.segmentation import nanmean_metrics
+
+    if not isinstance(calibration, Calibration):
+        raise ParameterError(f"calibration must be a Calibration (Calibration.load(path)), got {type(calibration).__name__}")
+    dataset = _dataset(data, {})
+    if not dataset.has_labels:
+        raise StoreValidationError("the data have no labels: evaluation needs ground truth")
+    same = calibration.store.identity == dataset.identity()
+    if check_identity and not same:
+        _check_same_data(calibration, dataset)
+    cal = set(calibration.cal_indices) if same else set()
+    if same and calibration.store.n_images != dataset.n_images:
+        raise StoreValidationError("the data's image count differs from the calibration's record")
     if test_indices is None:
-        test = [i for i in range(store.n_images) if i not in cal]
+        test = [i for i in range(dataset.n_images) if i not in cal]
+        if not test:
+            raise ParameterError("no test images: every image was used for calibration")
     else:
-        test = [int(i) for i in test_indices]
+        test = _indices(test_indices, dataset.n_images, "test_indices")
         overlap = sorted(cal.intersection(test))
         if overlap:
-            raise ConformalError(f"test indices overlap the calibration set: {overlap[:10]}")
-    if not test:
-        raise ConformalError("no test images: every image was used for calibration")
-    method = method_from_calibration(calib, **(overrides or {}))
-    lam = float(calib["lambda_hat"])
-    ns = sorted({int(n) for n in n_samples}) if method.samples_members else []
+            raise ParameterError(f"test indices overlap the calibration set: {overlap[:10]}")
+    m = calibration.build_method(device)
+    m.check_data(n_labels=dataset.n_labels, n_samples=dataset.n_samples, ndim=dataset.ndim)
+    lam, alpha, nu = calibration.lambda_hat, calibration.alpha, calibration.nu
+    ns = sorted({int(n) for n in n_samples}) if m.samples_members else []
     if any(n < 1 for n in ns):
-        raise ConformalError("n_samples must be positive integers")
-    spacing = store.spacing
-    cached = feature_cache_matches(store, method)
+        raise ParameterError("n_samples must be positive integers")
+    spacing = dataset.spacing
+    cached = feature_cache_matches(dataset, m)
 
     def one(i: int) -> dict[str, Any]:
+        from napari_conformal.io.dataset import read_image
+
         def run() -> dict[str, Any]:
-            prepared = _prepare_image(method, store, i, cached)
-            return method.evaluate(
-                prepared, store.label(i), lam, spacing=spacing, n_samples=ns, seed=seed + i
-            )
+            image = read_image(dataset, i)
+            prepared = _prepare(m, dataset, image, cached)
+            return m.evaluate(prepared, image.label, lam, alpha=alpha, nu=nu, spacing=spacing, n_samples=ns, seed=seed + i)
 
         return {"index": i, **_with_image(i, run)}
 
     rows = yield from iter_map_images(one, test, scheduler=scheduler)
     return {
-        "method": calib["method"],
-        "alpha": calib["alpha"],
-        "nu": calib.get("nu"),
+        "method": calibration.method,
+        "alpha": alpha,
+        "nu": nu,
         "lambda_hat": lam,
         "n_test": len(test),
+        "guarantee": calibration.guarantee(),
         "per_image": rows,
         "mean": nanmean_metrics(rows),
     }
 
 
 def evaluate(
-    store: Any,
-    calib: dict[str, Any],
+    data: Any,
+    calibration: Calibration,
     *,
     progress: Progress | None = None,
     should_stop: ShouldStop | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """:func:`iter_evaluate` with ``progress(done, total)`` and ``should_stop()`` callbacks."""
-    return drive(iter_evaluate(store, calib, **kwargs), progress, should_stop)
+    return drive(iter_evaluate(data, calibration, **kwargs), progress, should_stop)

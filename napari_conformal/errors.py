@@ -10,16 +10,26 @@ from __future__ import annotations
 
 __all__ = [
     "CalibrationError",
+    "CalibrationFileError",
     "ConformalError",
     "InsufficientCalibrationError",
     "LambdaMaxReachedError",
     "NonMonotoneCurveError",
+    "ParameterError",
     "StoreValidationError",
 ]
 
 
 class ConformalError(ValueError):
     """Base class of all user-facing errors of napari-conformal."""
+
+
+class ParameterError(ConformalError):
+    """An argument is out of its range (α, ν, K, a foreground class, a method option)."""
+
+
+class CalibrationFileError(ConformalError):
+    """A saved calibration (``CALIB.json``) is unreadable, truncated, tampered with or of an unknown schema."""
 
 
 class StoreValidationError(ConformalError):

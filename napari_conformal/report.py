@@ -2,7 +2,7 @@
 
 A report answers "did the guarantee hold on my data, and what do the sets look like?" for several
 methods and risk levels at once. It draws ``R`` random calibration/test splits of the store
-(:func:`napari_conformal.core.guarantees.repeated_splits`) and, for every method, α and split,
+(:func:`napari_conformal.core.bands.repeated_splits`) and, for every method, α and split,
 calibrates on the calibration part and evaluates on the test part, exactly as
 :func:`napari_conformal.api.calibrate` followed by :func:`napari_conformal.api.evaluate` would.
 
@@ -28,10 +28,10 @@ Guarantee checks (``summary[...]["guarantee"]``), per split:
 * threshold methods with an FNR guarantee (``crc``, ``rwcp``; kind ``"risk"``):
   ``E[FNR] ≤ α``; the split's realised risk is the mean test FNR (``1 − coverage``) and its
   acceptance band is ``[0, α + t]`` with ``t`` from
-  :func:`~napari_conformal.core.guarantees.crc_risk_tolerance` for one repetition;
+  :func:`~napari_conformal.core.bands.crc_risk_tolerance` for one repetition;
 * methods with a per-image coverage indicator ``covered`` (CONSIGN, pixel-wise, SACP, Consema;
   kind ``"split"``): ``P(covered) ≥ 1 − α``; the split's covered count has the exact lower
-  acceptance bound of :func:`~napari_conformal.core.guarantees.splitcp_coverage_band` (one-sided:
+  acceptance bound of :func:`~napari_conformal.core.bands.splitcp_coverage_band` (one-sided:
   ties and conservative searches only raise coverage).
 
 Splits of one dataset share images, so they are **not** independent repetitions; each split's band
@@ -54,10 +54,10 @@ from typing import Any
 import numpy as np
 
 from napari_conformal.api import _prepare_image, drive, feature_cache_matches, iter_map_images
-from napari_conformal.core.crc import check_calibration_size
-from napari_conformal.core.guarantees import crc_risk_tolerance, repeated_splits, splitcp_coverage_band
-from napari_conformal.core.method import ConformalMethod, make_method, method_class
-from napari_conformal.core.metrics import nanmean_metrics
+from napari_conformal.core.bands import crc_risk_tolerance, repeated_splits, splitcp_coverage_band
+from napari_conformal.core.methods.base import ConformalMethod, make_method, method_class
+from napari_conformal.core.metrics.segmentation import nanmean_metrics
+from napari_conformal.core.quantiles import check_calibration_size
 from napari_conformal.errors import ConformalError, LambdaMaxReachedError
 
 __all__ = [
@@ -229,7 +229,7 @@ def guarantee_kind(method: ConformalMethod | type[ConformalMethod]) -> str:
     ``"split"`` methods report a per-image 0/1 ``covered`` (CONSIGN, pixel-wise, SACP, Consema)
     and promise ``P(covered) ≥ 1 − α``.
     """
-    from napari_conformal.core.crc_method import ThresholdFNRMethod
+    from napari_conformal.core.methods.threshold import ThresholdFNRMethod
 
     cls = method if isinstance(method, type) else type(method)
     return "risk" if issubclass(cls, ThresholdFNRMethod) else "split"
@@ -364,8 +364,8 @@ def _metrics_of_image(
 
 def _reference_metrics(samples: np.ndarray, label: np.ndarray, fg: int, spacing: Sequence[float]) -> dict:
     """Metrics of the model's own hard prediction ``S⁽⁰⁾ ≥ 0.5`` (the "no CP" row of Table 1)."""
-    from napari_conformal.core.crc_method import foreground_probability
-    from napari_conformal.core.metrics import segmentation_metrics
+    from napari_conformal.core.methods.threshold import foreground_probability
+    from napari_conformal.core.metrics.segmentation import segmentation_metrics
 
     pred = foreground_probability(samples, fg) >= 0.5
     return segmentation_metrics(pred, np.asarray(label) == fg, reference=pred, spacing=spacing)

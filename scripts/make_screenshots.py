@@ -71,8 +71,8 @@ def new_viewer(title: str):
 
 def synthetic_stores(folder: Path) -> tuple[Path, Path]:
     """A binary and a 3-label 2D store (seeded)."""
-    from napari_conformal.core.synthetic import binary_blobs_dataset, lowrank_multiclass_dataset
     from napari_conformal.io.store import create_store
+    from napari_conformal.testing.synthetic import binary_blobs_dataset, lowrank_multiclass_dataset
 
     binary = folder / "binary.zarr"
     images, samples, labels = binary_blobs_dataset(30, (128, 128), n_samples=10, seed=7, noise=2.0)

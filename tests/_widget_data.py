@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from napari_conformal.api import drive
-from napari_conformal.core.synthetic import binary_blobs_dataset, lowrank_multiclass_dataset
 from napari_conformal.explore.calibrated import iter_calibrate_keeping_curves
 from napari_conformal.io.indices import random_split
 from napari_conformal.io.store import create_store
+from napari_conformal.testing.synthetic import binary_blobs_dataset, lowrank_multiclass_dataset
 
 #: RW-CP parameters that keep the tests fast (weight-free features, a short walk)
 FAST_RWCP = {"features": "multiscale", "n_step": 4, "device": "cpu"}

@@ -1,11 +1,11 @@
-"""Tests of napari_conformal.core.accuracy (CONSIGN's label-wise accuracy), numpy and torch."""
+"""Tests of napari_conformal.core.metrics.accuracy (CONSIGN's label-wise accuracy), numpy and torch."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from napari_conformal.core.accuracy import is_covered, labelwise_accuracy, labelwise_accuracy_torch
+from napari_conformal.core.metrics.accuracy import is_covered, labelwise_accuracy, labelwise_accuracy_torch
 from napari_conformal.errors import ConformalError
 
 # truth labels: 0 at (0,0),(0,1); 1 at (0,2),(1,0),(1,1); 2 at (1,2)

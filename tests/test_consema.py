@@ -1,4 +1,4 @@
-"""Tests of Consema (napari_conformal.core.consema)."""
+"""Tests of Consema (napari_conformal.core.methods.consema)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_conformal.core.consema import ConsemaMethod, dilation_distance, make_footprint
-from napari_conformal.core.method import make_method
-from napari_conformal.core.synthetic import binary_blobs_dataset
+from napari_conformal.core.methods.base import make_method
+from napari_conformal.core.methods.consema import ConsemaMethod, dilation_distance, make_footprint
 from napari_conformal.errors import CalibrationError, ConformalError, InsufficientCalibrationError
+from napari_conformal.testing.synthetic import binary_blobs_dataset
 
 
 def _one_sample(fg: np.ndarray) -> np.ndarray:

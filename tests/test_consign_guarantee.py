@@ -1,13 +1,13 @@
 """Statistical test of CONSIGN's guarantee P(Y_test ∈ C*_λ̂) ≥ 1 − α, 2D and 3D.
 
 Each repetition draws a FRESH synthetic dataset (independent seed) from
-:func:`napari_conformal.core.synthetic.lowrank_multiclass_dataset`, calibrates
+:func:`napari_conformal.testing.synthetic.lowrank_multiclass_dataset`, calibrates
 λ̂(α, ν) on ``n_cal`` images with the batched search, and counts the test
 images covered by the same search procedure at λ̂. CONSIGN's membership is a
 search, so its scores λ_i can tie and the search only ever misses members:
 the method is conservative, and only the lower tail of the exact
 BetaBinomial band of split conformal prediction applies
-(:func:`napari_conformal.core.guarantees.check_split_coverage`,
+(:func:`napari_conformal.core.bands.check_split_coverage`,
 ``two_sided=False``). Each check has a false-alarm rate ≤ 1e-3 for a correct
 implementation (4 checks: ≤ 4e-3 for the file).
 """
@@ -20,9 +20,9 @@ import torch
 
 from napari_conformal.core.consign.box import make_box
 from napari_conformal.core.consign.search import CoverageSearch
-from napari_conformal.core.guarantees import check_split_coverage
-from napari_conformal.core.method import make_method
-from napari_conformal.core.synthetic import lowrank_multiclass_dataset
+from napari_conformal.core.methods.base import make_method
+from napari_conformal.testing.guarantees import check_split_coverage
+from napari_conformal.testing.synthetic import lowrank_multiclass_dataset
 
 SEARCH = {
     "ratio": 1.2,

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from napari_conformal.core.consign.calibration import ConsignCalibrator, quantile_level_for
+from napari_conformal.core.consign.calibrator import ConsignCalibrator, quantile_level_for
 from napari_conformal.core.consign.curves import CurveSet
 from napari_conformal.core.consign.members import ConsignSet
-from napari_conformal.core.consign.phantom import cardiac_phantom
 from napari_conformal.core.consign.search import CoverageSearch
-from napari_conformal.core.method import make_method
+from napari_conformal.core.methods.base import make_method
 from napari_conformal.errors import CalibrationError, StoreValidationError
+from napari_conformal.testing.phantom import cardiac_phantom
 
 SEARCH = {"ratio": 1.15, "lhs_points": 32, "lhs_per_block": 16}
 

@@ -7,9 +7,9 @@ import pytest
 
 from napari_conformal.core.consign.basis import compute_bases
 from napari_conformal.core.consign.box import make_box
-from napari_conformal.core.consign.paper_loop import PaperLoopConfig, paper_loop_calibration, paper_membership
-from napari_conformal.core.consign.phantom import cardiac_phantom
-from napari_conformal.core.crc import max_uncovered
+from napari_conformal.core.quantiles import max_uncovered
+from napari_conformal.testing.paper_loop import PaperLoopConfig, paper_loop_calibration, paper_membership
+from napari_conformal.testing.phantom import cardiac_phantom
 
 CHEAP = PaperLoopConfig(init_trials=3, lhs_factor=5, epochs=20, patience=5, step=0.02, lam0=0.02)
 

@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from napari_conformal.core.accuracy import labelwise_accuracy
 from napari_conformal.core.consign.basis import compute_bases
 from napari_conformal.core.consign.box import make_box
 from napari_conformal.core.consign.curves import CoverageCurve, CurveSet, IncompleteCurvesError
 from napari_conformal.core.consign.members import segment
-from napari_conformal.core.consign.phantom import cardiac_phantom
 from napari_conformal.core.consign.restricted import build_restricted_batch
 from napari_conformal.core.consign.search import CoverageSearch, SearchConfig, lambda_grid, search_curves
+from napari_conformal.core.metrics.accuracy import labelwise_accuracy
 from napari_conformal.errors import (
     CalibrationError,
     InsufficientCalibrationError,
     LambdaMaxReachedError,
     StoreValidationError,
 )
+from napari_conformal.testing.phantom import cardiac_phantom
 
 FAST = {"lambda_max": 2.0, "ratio": 1.15, "lhs_points": 32, "lhs_per_block": 16}
 

@@ -1,4 +1,4 @@
-"""Tests of napari_conformal.core.crc: hand-computed cases, error paths, brute force."""
+"""Tests of napari_conformal.core.quantiles: hand-computed cases, error paths, brute force."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from napari_conformal.core.crc import (
+from napari_conformal.core.quantiles import (
     ThresholdRiskCurve,
     adjusted_alpha,
     check_calibration_size,

@@ -1,4 +1,4 @@
-"""Tests of the standard CRC method (napari_conformal.core.crc_method)."""
+"""Tests of the standard CRC method (napari_conformal.core.methods.threshold)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from napari_conformal.core.crc import lambda_hat_from_curves
-from napari_conformal.core.crc_method import (
+from napari_conformal.core.methods.base import available_methods, make_method
+from napari_conformal.core.methods.threshold import (
     CRCMethod,
     ThresholdFNRMethod,
     ThresholdPrepared,
     foreground_probability,
 )
-from napari_conformal.core.method import available_methods, make_method
-from napari_conformal.core.synthetic import binary_blobs_dataset
+from napari_conformal.core.quantiles import lambda_hat_from_curves
 from napari_conformal.errors import CalibrationError, ConformalError, InsufficientCalibrationError
+from napari_conformal.testing.synthetic import binary_blobs_dataset
 
 
 def _binary_samples(fg: np.ndarray) -> np.ndarray:

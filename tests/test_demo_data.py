@@ -17,7 +17,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from napari_conformal.core.metrics import dice
+from napari_conformal.core.metrics.segmentation import dice
 from napari_conformal.demo_data import (
     DEMO_N_SAMPLES,
     build_demo_store,

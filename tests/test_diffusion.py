@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_conformal.core.diffusion import Diffusion, diffuse, from_grid, random_walk, to_grid
-from napari_conformal.core.graph import TransitionMatrix, transition_matrix
+from napari_conformal.core.rwcp.diffusion import Diffusion, diffuse, from_grid, random_walk, to_grid
+from napari_conformal.core.rwcp.graph import TransitionMatrix, transition_matrix
 from napari_conformal.errors import Cancelled, ConformalError
 
 

@@ -1,4 +1,4 @@
-"""Tests of napari_conformal.core.diversity: uncertain pixels, Chao1, SEC, sample correlation."""
+"""Tests of napari_conformal.core.metrics.diversity: uncertain pixels, Chao1, SEC, sample correlation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from napari_conformal.core import diversity as d
+from napari_conformal.core.metrics import diversity as d
 from napari_conformal.errors import ConformalError
 
 

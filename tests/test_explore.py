@@ -9,7 +9,7 @@ import pytest
 from _widget_data import binary_store, calibrated, multiclass_store
 
 from napari_conformal.api import calibrate, drive, evaluate
-from napari_conformal.core.metrics import coverage
+from napari_conformal.core.metrics.segmentation import coverage
 from napari_conformal.errors import ConformalError, InsufficientCalibrationError
 from napari_conformal.explore.evaluation import (
     coverage_curve,

@@ -18,11 +18,11 @@ from napari_conformal.api import (
     iter_cache_features,
     method_from_calibration,
 )
-from napari_conformal.core.method import make_method
-from napari_conformal.core.rwcp import RWCPMethod
-from napari_conformal.core.synthetic import binary_blobs_dataset
+from napari_conformal.core.methods.base import make_method
+from napari_conformal.core.methods.rwcp import RWCPMethod
 from napari_conformal.errors import Cancelled, ConformalError
 from napari_conformal.io.store import create_store, open_store
+from napari_conformal.testing.synthetic import binary_blobs_dataset
 
 N_IMAGES = 30
 CAL = list(range(15))

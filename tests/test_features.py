@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_conformal.core import features as feat
-from napari_conformal.core.features import (
+from napari_conformal.core.rwcp import features as feat
+from napari_conformal.core.rwcp.features import (
     FeatureMap,
     auto_grid_stride,
     check_features,

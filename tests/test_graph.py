@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_conformal.core.graph import (
+from napari_conformal.core.rwcp.graph import (
     TransitionMatrix,
     default_chunk_size,
     kernel_weights,

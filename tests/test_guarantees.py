@@ -14,15 +14,10 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from napari_conformal.core.consema import ConsemaMethod
-from napari_conformal.core.crc_method import CRCMethod
-from napari_conformal.core.guarantees import (
-    GuaranteeCheck,
+from napari_conformal.core.bands import (
     acceptance_probability,
     band_from_pmf,
     bernoulli_kl,
-    check_crc_risk,
-    check_split_coverage,
     covered_count_pmf,
     crc_risk_tolerance,
     repeated_splits,
@@ -30,8 +25,11 @@ from napari_conformal.core.guarantees import (
     splitcp_rank,
     total_covered_pmf,
 )
-from napari_conformal.core.synthetic import binary_blobs_dataset
+from napari_conformal.core.methods.consema import ConsemaMethod
+from napari_conformal.core.methods.threshold import CRCMethod
 from napari_conformal.errors import ConformalError, InsufficientCalibrationError
+from napari_conformal.testing.guarantees import GuaranteeCheck, check_crc_risk, check_split_coverage
+from napari_conformal.testing.synthetic import binary_blobs_dataset
 
 # --------------------------------------------------------------------------- exact laws
 

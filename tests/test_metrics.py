@@ -1,4 +1,4 @@
-"""Tests of napari_conformal.core.metrics: hand-computed cases, brute force, empty-mask policy."""
+"""Tests of napari_conformal.core.metrics.segmentation: hand-computed cases, brute force, empty-mask policy."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from napari_conformal.core import metrics as m
+from napari_conformal.core.metrics import segmentation as m
 from napari_conformal.errors import ConformalError
 
 SQRT2 = math.sqrt(2.0)

@@ -1,4 +1,4 @@
-"""Tests of napari_conformal.core.pixelwise: APS/RAPS/LAC scores and sets, relaxed ν-membership, Algorithm 3.
+"""Tests of napari_conformal.core.methods.pixelwise: APS/RAPS/LAC scores and sets, relaxed ν-membership, Algorithm 3.
 
 Expected values are computed by hand (dyadic probabilities, so every sum is
 exact in floating point) or by brute force written independently here (eq. 12
@@ -14,9 +14,9 @@ import math
 import numpy as np
 import pytest
 
-from napari_conformal.core import pixelwise as pw
-from napari_conformal.core.accuracy import labelwise_accuracy
-from napari_conformal.core.method import available_methods, make_method
+from napari_conformal.core.methods import pixelwise as pw
+from napari_conformal.core.methods.base import available_methods, make_method
+from napari_conformal.core.metrics.accuracy import labelwise_accuracy
 from napari_conformal.errors import (
     CalibrationError,
     ConformalError,

@@ -3,7 +3,7 @@
 Design
 ------
 Every repetition draws a **fresh, independent** synthetic dataset
-(:func:`~napari_conformal.core.synthetic.lowrank_multiclass_dataset` with a new
+(:func:`~napari_conformal.testing.synthetic.lowrank_multiclass_dataset` with a new
 seed: smooth multi-class regions, T samples and a truth drawn from the same
 rank-K logit model), calibrates each method on ``N_CAL = 39`` images with the
 exact Algorithm 3 and counts how many of ``N_TEST = 40`` further images are
@@ -16,7 +16,7 @@ law of the per-image threshold λ_i(ν) and λ̂ its k-th order statistic
 covered count of one repetition is BetaBinomial(40, k, n+1−k) exactly; ties
 (λ_i = 0 when the argmax map alone beats ν) only raise coverage. So the total
 over R repetitions is stochastically at least the R-fold convolution, and
-:func:`~napari_conformal.core.guarantees.check_split_coverage` with
+:func:`~napari_conformal.core.bands.check_split_coverage` with
 ``two_sided=False`` gives the exact one-sided lower band.
 
 False-alarm rate: each check uses ``FALSE_ALARM = 2e-4``. A run makes
@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import pytest
 
-from napari_conformal.core.guarantees import check_split_coverage
-from napari_conformal.core.method import make_method
-from napari_conformal.core.synthetic import lowrank_multiclass_dataset
+from napari_conformal.core.methods.base import make_method
+from napari_conformal.testing.guarantees import check_split_coverage
+from napari_conformal.testing.synthetic import lowrank_multiclass_dataset
 
 N_CAL = 39
 N_TEST = 40

@@ -19,9 +19,8 @@ from scipy.stats import betabinom
 
 from napari_conformal.api import Cancelled, calibrate, evaluate
 from napari_conformal.cli import main
-from napari_conformal.core.method import make_method
-from napari_conformal.core.metrics import nanmean_metrics
-from napari_conformal.core.synthetic import binary_blobs_dataset, lowrank_multiclass_dataset
+from napari_conformal.core.methods.base import make_method
+from napari_conformal.core.metrics.segmentation import nanmean_metrics
 from napari_conformal.errors import ConformalError
 from napari_conformal.io.store import create_store, open_store
 from napari_conformal.report import (
@@ -31,6 +30,7 @@ from napari_conformal.report import (
     resolve_n_cal,
     write_report,
 )
+from napari_conformal.testing.synthetic import binary_blobs_dataset, lowrank_multiclass_dataset
 
 N_IMAGES = 20
 N_CAL = 10
@@ -250,7 +250,7 @@ def test_cancel_stops_with_nothing(binary_store):
 
 def test_lambda_max_in_some_runs_is_reported_not_fatal(binary_store, tmp_path, monkeypatch, capsys):
     """A (method, α, split) whose λ̂ reaches λ_max is listed, has no metrics, and the rest is intact."""
-    from napari_conformal.core.crc_method import CRCMethod
+    from napari_conformal.core.methods.threshold import CRCMethod
     from napari_conformal.errors import LambdaMaxReachedError
 
     original = CRCMethod.lambda_hat
@@ -452,7 +452,7 @@ def test_cli_missing_store_and_unlabelled_store(tmp_path, capsys):
 @pytest.mark.slow
 def test_consign_in_the_report_when_registered(multiclass_store):
     """CONSIGN (when its engine is registered) goes through the same route as the API."""
-    from napari_conformal.core.method import available_methods
+    from napari_conformal.core.methods.base import available_methods
 
     if "consign" not in available_methods():
         pytest.skip("consign is not registered yet")

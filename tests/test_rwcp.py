@@ -5,19 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_conformal.core.crc_method import CRCMethod
-from napari_conformal.core.diffusion import diffuse
-from napari_conformal.core.features import check_features
-from napari_conformal.core.graph import transition_matrix
-from napari_conformal.core.method import available_methods, make_method
-from napari_conformal.core.rwcp import RWCPMethod
-from napari_conformal.core.synthetic import binary_blobs_dataset
+from napari_conformal.core.methods.base import available_methods, make_method
+from napari_conformal.core.methods.rwcp import RWCPMethod
+from napari_conformal.core.methods.threshold import CRCMethod
+from napari_conformal.core.rwcp.diffusion import diffuse
+from napari_conformal.core.rwcp.features import check_features
+from napari_conformal.core.rwcp.graph import transition_matrix
 from napari_conformal.errors import (
     CalibrationError,
     Cancelled,
     ConformalError,
     InsufficientCalibrationError,
 )
+from napari_conformal.testing.synthetic import binary_blobs_dataset
 
 
 def pooled_features(image: np.ndarray) -> np.ndarray:
@@ -56,7 +56,7 @@ def test_params_rebuild_the_method():
 def test_params_of_an_extractor_instance_and_pickling():
     import pickle
 
-    from napari_conformal.core.features import EfficientNetLite0Extractor
+    from napari_conformal.core.rwcp.features import EfficientNetLite0Extractor
 
     m = RWCPMethod(0.1, features=EfficientNetLite0Extractor(grid_stride=4), device="cpu")
     assert m.params()["features"] == "efficientnet-lite0" and m.params()["grid_stride"] == 4

@@ -6,7 +6,7 @@ measures the mean false-negative rate of the sets on fresh test images. CRC
 guarantees that each repetition's realised risk has expectation ≤ α, so the
 mean over R independent repetitions exceeds α + t with probability ≤ 1e-3,
 where t is the Chernoff–Hoeffding tolerance of
-:func:`napari_conformal.core.guarantees.check_crc_risk`.
+:func:`napari_conformal.core.bands.check_crc_risk`.
 
 False-alarm rate of a correct implementation: ≤ 1e-3 per test, ≤ 2e-3 for
 this file (two tests).
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_conformal.core.guarantees import check_crc_risk
-from napari_conformal.core.rwcp import RWCPMethod
-from napari_conformal.core.synthetic import binary_blobs_dataset
+from napari_conformal.core.methods.rwcp import RWCPMethod
+from napari_conformal.testing.guarantees import check_crc_risk
+from napari_conformal.testing.synthetic import binary_blobs_dataset
 
 FALSE_ALARM = 1e-3
 

@@ -1,4 +1,4 @@
-"""Tests of napari_conformal.core.sacp against explicit per-pixel loops (the loops live only here)."""
+"""Tests of napari_conformal.core.methods.sacp against explicit per-pixel loops (the loops live only here)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from napari_conformal.core import pixelwise as pw
-from napari_conformal.core import sacp
-from napari_conformal.core.method import make_method
+from napari_conformal.core.methods import pixelwise as pw
+from napari_conformal.core.methods import sacp as sacp
+from napari_conformal.core.methods.base import make_method
 from napari_conformal.errors import ConformalError
 
 

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from napari_conformal.api import calibrate, evaluate
-from napari_conformal.core.synthetic import binary_blobs_dataset, lowrank_multiclass_dataset
 from napari_conformal.io.store import DatasetStore, create_store, open_store
 from napari_conformal.report import build_report
+from napari_conformal.testing.synthetic import binary_blobs_dataset, lowrank_multiclass_dataset
 
 N_IMAGES = 120
 SHAPE = (64, 64)
@@ -176,7 +176,7 @@ def test_distributed_pixelwise_equals_serial(small_stores, cluster, method):
 
 @pytest.mark.slow
 def test_distributed_consign_equals_serial(small_stores, cluster):
-    from napari_conformal.core.method import available_methods
+    from napari_conformal.core.methods.base import available_methods
 
     if "consign" not in available_methods():
         pytest.skip("consign is not registered yet")

@@ -1,4 +1,4 @@
-"""Tests of the synthetic data generators (napari_conformal.core.synthetic)."""
+"""Tests of the synthetic data generators (napari_conformal.testing.synthetic)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_conformal.core.synthetic import binary_blobs_dataset, lowrank_multiclass_dataset, smooth_noise
 from napari_conformal.errors import ConformalError
+from napari_conformal.testing.synthetic import binary_blobs_dataset, lowrank_multiclass_dataset, smooth_noise
 
 
 def test_smooth_noise_is_periodic_gaussian_filter() -> None:

@@ -7,8 +7,8 @@ import pytest
 from _widget_data import binary_store, calibrated
 
 from napari_conformal.api import calibrate, evaluate
-from napari_conformal.core.method import make_method
-from napari_conformal.core.metrics import coverage
+from napari_conformal.core.methods.base import make_method
+from napari_conformal.core.metrics.segmentation import coverage
 from napari_conformal.errors import InsufficientCalibrationError
 
 pytestmark = pytest.mark.gui

@@ -7,8 +7,8 @@ import pytest
 from _widget_data import assert_same, calibrated, multiclass_store
 
 from napari_conformal.api import calibrate
-from napari_conformal.core.method import make_method
-from napari_conformal.core.pixelwise import sample_members, set_size_map
+from napari_conformal.core.methods.base import make_method
+from napari_conformal.core.methods.pixelwise import sample_members, set_size_map
 
 pytestmark = pytest.mark.gui
 

@@ -7,7 +7,7 @@ import pytest
 from _widget_data import FAST_RWCP, assert_same, binary_store, calibrated
 
 from napari_conformal.api import calibrate
-from napari_conformal.core.method import make_method
+from napari_conformal.core.methods.base import make_method
 
 pytestmark = pytest.mark.gui
 

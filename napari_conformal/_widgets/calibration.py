@@ -68,7 +68,7 @@ class CalibrationWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
-        from napari_conformal.core.method import available_methods, method_class
+        from napari_conformal.core.methods.base import available_methods, method_class
 
         self.viewer = napari_viewer
         self.worker: Any = None
@@ -99,7 +99,7 @@ class CalibrationWidget(QWidget):
         self.k_spin.setValue(5)
         self.k_spin.setToolTip("principal components K (CONSIGN) or graph neighbours k (RW-CP)")
         # RW-CP graph and walk (SPEC §5): extractor, kernel scale β, steps; k is the K / k box above
-        from napari_conformal.core.features import available_extractors
+        from napari_conformal.core.rwcp.features import available_extractors
 
         self.features_combo = QComboBox()
         self.features_combo.addItems(available_extractors())

@@ -3,7 +3,7 @@
 :func:`napari_conformal.api.iter_calibrate` returns the ``CALIB.json`` record
 and discards the per-image calibration curves. The explorers need those curves:
 λ̂ for another α or ν is an exact reduction over them
-(:meth:`~napari_conformal.core.method.ConformalMethod.lambda_hat`), so moving a
+(:meth:`~napari_conformal.core.methods.base.ConformalMethod.lambda_hat`), so moving a
 slider never re-runs the per-image work. :func:`iter_calibrate_keeping_curves`
 runs the very same :func:`~napari_conformal.api.iter_calibrate` (same
 validation, same record) and keeps the curves it reduced.
@@ -15,7 +15,7 @@ from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from napari_conformal.core.method import ConformalMethod, make_method
+from napari_conformal.core.methods.base import ConformalMethod, make_method
 from napari_conformal.errors import ConformalError
 
 __all__ = ["CalibratedMethod", "iter_calibrate_keeping_curves"]

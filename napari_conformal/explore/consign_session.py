@@ -1,13 +1,13 @@
 """CONSIGN in the explorers: λ̂ for a new α needs curves of that α's box, computed in the background.
 
 A CONSIGN calibration curve belongs to one box family, whose quantile level
-is q = α/2 by default (:func:`~napari_conformal.core.consign.calibration.quantile_level_for`):
+is q = α/2 by default (:func:`~napari_conformal.core.consign.calibrator.quantile_level_for`):
 the curves kept from the calibration answer λ̂(α, ν) for the calibrated α
 (and every α with the same q) and for ν up to what the search covered.
 Anything else needs a coverage search of the calibration images at the new
 box, which :class:`ConsignSession` runs on request
 (:meth:`ConsignSession.iter_search`, a progress generator for a worker) with
-the core's :class:`~napari_conformal.core.consign.calibration.ConsignCalibrator`
+the core's :class:`~napari_conformal.core.consign.calibrator.ConsignCalibrator`
 and then caches: moving α back to a value seen before is a read.
 
 Until then :meth:`ConsignSession.lambda_hat` raises :class:`CurvesPending`,
@@ -48,7 +48,7 @@ class ConsignSession(MethodSession):
 
     def quantile_level(self, alpha: float) -> float:
         """The q of the box used at α."""
-        from napari_conformal.core.consign.calibration import quantile_level_for
+        from napari_conformal.core.consign.calibrator import quantile_level_for
 
         return quantile_level_for(alpha, self.method.quantile_level)
 
@@ -99,7 +99,7 @@ class ConsignSession(MethodSession):
         and cached by the core calibrator. Returns λ̂, or None when the levels
         cannot be calibrated (the error is raised by the next :meth:`lambda_hat`).
         """
-        from napari_conformal.core.consign.calibration import ConsignCalibrator
+        from napari_conformal.core.consign.calibrator import ConsignCalibrator
         from napari_conformal.core.consign.curves import IncompleteCurvesError
         from napari_conformal.core.consign.search import SearchConfig
         from napari_conformal.errors import CalibrationError

@@ -57,9 +57,9 @@ def realised_coverage(method: Any, curve: Any, lam: float, nu: float | None = No
         else 0.0. Pixel-wise and CONSIGN: 1.0 when the ground truth is a member
         at accuracy ν, else 0.0. NaN for a curve this function does not know.
     """
-    from napari_conformal.core.consema import ConsemaMethod
-    from napari_conformal.core.crc_method import ThresholdFNRMethod
-    from napari_conformal.core.pixelwise import MembershipCurve
+    from napari_conformal.core.methods.consema import ConsemaMethod
+    from napari_conformal.core.methods.pixelwise import MembershipCurve
+    from napari_conformal.core.methods.threshold import ThresholdFNRMethod
 
     lam = float(lam)
     if isinstance(method, ThresholdFNRMethod):
@@ -141,7 +141,7 @@ def _curves_apply(session: MethodSession, curves: dict[int, Any], alpha: float, 
     level = getattr(first, "quantile_level", None)
     if level is None:
         return True
-    from napari_conformal.core.consign.calibration import quantile_level_for
+    from napari_conformal.core.consign.calibrator import quantile_level_for
 
     method = session.method
     if quantile_level_for(alpha, method.quantile_level) != level:
@@ -163,7 +163,7 @@ class EvaluationResult:
     rows : list of dict
         ``method.evaluate`` of each test image, with ``index``.
     mean : dict
-        NaN-ignoring means (:func:`~napari_conformal.core.metrics.nanmean_metrics`).
+        NaN-ignoring means (:func:`~napari_conformal.core.metrics.segmentation.nanmean_metrics`).
     """
 
     name: str
@@ -189,7 +189,7 @@ def iter_test_metrics(
     correlation against N); image i uses ``seed + i`` as in
     :func:`napari_conformal.api.iter_evaluate`.
     """
-    from napari_conformal.core.metrics import nanmean_metrics
+    from napari_conformal.core.metrics.segmentation import nanmean_metrics
 
     lam = session.lambda_hat(alpha, nu)
     method = session.method_at(alpha, nu)

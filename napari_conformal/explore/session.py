@@ -1,7 +1,7 @@
 """One calibrated method on one store: cached prepared images, λ̂(α, ν) from cached curves.
 
 The split between expensive and cheap work follows the method interface
-(:mod:`napari_conformal.core.method`):
+(:mod:`napari_conformal.core.methods.base`):
 
 * ``prepare`` of an image (features, diffusion, PCA, …) is computed once per
   image, on demand, and kept in a least-recently-used cache bounded in bytes
@@ -96,7 +96,7 @@ class MethodSession:
 
     @property
     def method(self) -> Any:
-        """The :class:`~napari_conformal.core.method.ConformalMethod`."""
+        """The :class:`~napari_conformal.core.methods.base.ConformalMethod`."""
         return self.calibrated.method
 
     @property

@@ -202,7 +202,7 @@ class Workspace:
         α and ν are the workspace's; the device is the primary session's; other
         parameters come from :attr:`companion_params`.
         """
-        from napari_conformal.core.method import method_class
+        from napari_conformal.core.methods.base import method_class
 
         cls = method_class(name)
         params = dict(self.companion_params.get(name, {}))

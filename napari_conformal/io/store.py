@@ -500,33 +500,53 @@ class DatasetStore:
             raise IndexError(f"image index {k} is out of range for a store of {n} images (0..{n - 1})")
         return k % n
 
+    def _read(self, name: str, i: int, *index: Any) -> np.ndarray:
+        """Image ``i`` of array ``name`` as stored; a missing or unreadable chunk is an error, never fill values."""
+        k = self._index(i)
+        missing = self.missing_chunks(name, k)
+        if missing:
+            raise StoreValidationError(
+                f"{name}, image {k}: chunk {missing[0]} is missing from the store at {self._path} "
+                f"({len(missing)} of its chunks; deleted, or the image was never written)"
+            )
+        try:
+            return np.asarray(self._arrays[name][(k, *index)])
+        except (ValueError, RuntimeError, OSError, TypeError, KeyError) as exc:
+            raise StoreValidationError(
+                f"{name}, image {k}: cannot decode its stored chunk ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]}); the store is damaged"
+            ) from None
+
     def image(self, i: int) -> np.ndarray:
         """Image ``i`` as float32, shape ``S``."""
-        return np.asarray(self._arrays["images"][self._index(i)], dtype=np.float32)
+        return np.asarray(self._read("images", i), dtype=np.float32)
 
     def label(self, i: int) -> np.ndarray:
         """Ground truth of image ``i`` as int64, shape ``S``, values in 0..L−1."""
         if not self.has_labels:
             raise StoreValidationError(f"labels: the store at {self._path} has no ground truth")
-        return np.asarray(self._arrays["labels"][self._index(i)], dtype=np.int64)
+        return np.asarray(self._read("labels", i), dtype=np.int64)
 
     def samples(self, i: int) -> np.ndarray:
-        """Softmax samples of image ``i`` as float32, shape ``(T, L, *S)``."""
-        return np.asarray(self._arrays["samples"][self._index(i)], dtype=np.float32)
+        """Softmax samples of image ``i`` in the stored dtype (float16 or float32), shape ``(T, L, *S)``.
+
+        Kept in the stored dtype so that checks apply that dtype's sum tolerance and memory stays
+        half for float16 stores; the methods compute in float32/float64.
+        """
+        return self._read("samples", i)
 
     def foreground(self, i: int, cls: int = 1) -> np.ndarray:
         """Mean over the T samples of the probability of class ``cls``, float32, shape ``S``."""
-        k = self._index(i)
         if isinstance(cls, bool) or not isinstance(cls, int | np.integer) or not 0 <= cls < self.n_labels:
             raise ConformalError(f"cls must be a class index in 0..{self.n_labels - 1}, got {cls!r}")
-        probs = np.asarray(self._arrays["samples"][k, :, int(cls)], dtype=np.float32)
+        probs = np.asarray(self._read("samples", i, slice(None), int(cls)), dtype=np.float32)
         return probs.mean(axis=0, dtype=np.float32)
 
     def features(self, i: int) -> np.ndarray:
         """Precomputed features of image ``i`` as float32, shape ``(C, *S')``."""
         if not self.has_features:
             raise StoreValidationError(f"features: the store at {self._path} has no features array")
-        return np.asarray(self._arrays["features"][self._index(i)], dtype=np.float32)
+        return np.asarray(self._read("features", i), dtype=np.float32)
 
     # -- validation --------------------------------------------------------------------------------
 
@@ -576,21 +596,24 @@ class DatasetStore:
     # -- identity ----------------------------------------------------------------------------------
 
     def identity(self) -> str:
-        """Content identity of the store, for provenance records (32 hex digits, BLAKE2b-128).
+        """Content identity of the data, for calibration records (32 hex digits, BLAKE2b-128).
 
-        Covers: the group attributes; the zarr metadata (shape, dtype, chunks, codecs, fill value) of
-        ``images``, ``samples``, ``labels`` and ``features``; and the stored (compressed) bytes of
-        every chunk of those arrays, with their chunk keys. Not covered: other arrays or files in the
-        directory, file timestamps, the path. Cost: one sequential read of the stored bytes (no
-        decompression), so it scales with the on-disk size of the store.
+        Covers what a calibration depends on: the group attributes except the feature-cache entry;
+        the zarr metadata (shape, dtype, chunks, codecs, fill value) of ``images``, ``samples`` and
+        ``labels``; and the stored (compressed) bytes of every chunk of those arrays, with their chunk
+        keys. Not covered: the ``features`` cache (caching features never changes the identity),
+        other files in the directory, timestamps, the path. Cost: one sequential read of the stored
+        bytes (no decompression), so it scales with the on-disk size of the store.
         """
         h = hashlib.blake2b(digest_size=16)
+        names = sorted(n for n in self._arrays if n != "features")
+        attrs = {k: v for k, v in self._group.attrs.asdict().items() if k != "features"}
         header = {
-            "attrs": self._group.attrs.asdict(),
-            "arrays": {name: self._group[name].metadata.to_dict() for name in sorted(self._arrays)},
+            "attrs": attrs,
+            "arrays": {name: self._group[name].metadata.to_dict() for name in names},
         }
         h.update(json.dumps(header, sort_keys=True, default=str).encode())
-        for name in sorted(self._arrays):
+        for name in names:
             root = self._path / name
             files = sorted(p for p in root.rglob("*") if p.is_file() and p != root / "zarr.json")
             for f in files:
@@ -601,6 +624,27 @@ class DatasetStore:
                     while block := fh.read(1 << 20):
                         h.update(block)
         return h.hexdigest()
+
+    def missing_chunks(self, name: str, i: int) -> list[str]:
+        """Chunk keys of image ``i`` of array ``name`` that are not on disk (zarr would read fill values).
+
+        Returns
+        -------
+        list of str
+            Keys relative to the array folder, e.g. ``["c/3/0/0/0/0"]``; empty when every chunk exists.
+        """
+        arr = self.array(name)
+        k = self._index(i)
+        chunks = arr.chunks
+        grid = [range(-(-dim // c)) for dim, c in zip(arr.shape[1:], chunks[1:], strict=True)]
+        import itertools
+
+        out = []
+        for rest in itertools.product(*grid):
+            key = arr.metadata.encode_chunk_key((k // chunks[0], *rest))
+            if not (self._path / name / key).is_file():
+                out.append(key)
+        return out
 
     # -- writing -----------------------------------------------------------------------------------
 

@@ -11,16 +11,15 @@ Modules (one concept each):
   line searches on the free pixels;
 * :mod:`.search` — the batched coverage search producing acc*_i(λ) curves;
 * :mod:`.curves` — curves and λ̂(α, ν) as an order statistic;
-* :mod:`.calibration` — interactive calibrator (curves cached per α);
-* :mod:`.members` — slider path, random members, direction maps;
-* :mod:`.method` — the registered ``"consign"`` ConformalMethod;
-* :mod:`.paper_loop` — the paper's Algorithm 1+2 loop (benchmark baseline);
-* :mod:`.phantom` — a cardiac-like synthetic dataset for benchmarks.
+* :mod:`.calibrator` — interactive calibrator (curves cached per α);
+* :mod:`.members` — slider path, random members, direction maps.
+
+The registered ``"consign"`` method is :mod:`napari_conformal.core.methods.consign`.
 """
 
 from napari_conformal.core.consign.basis import ImageBasis, compute_bases, compute_basis
 from napari_conformal.core.consign.box import CoefficientBox, make_box
-from napari_conformal.core.consign.calibration import ConsignCalibrator
+from napari_conformal.core.consign.calibrator import ConsignCalibrator
 from napari_conformal.core.consign.curves import CoverageCurve, CurveSet, IncompleteCurvesError
 from napari_conformal.core.consign.intervals import LabelRegions, label_regions
 from napari_conformal.core.consign.members import (
@@ -31,13 +30,11 @@ from napari_conformal.core.consign.members import (
     segment,
     segment_batch,
 )
-from napari_conformal.core.consign.method import ConsignMethod
 from napari_conformal.core.consign.search import CoverageSearch, SearchConfig, search_curves
 
 __all__ = [
     "CoefficientBox",
     "ConsignCalibrator",
-    "ConsignMethod",
     "ConsignSet",
     "CoverageCurve",
     "CoverageSearch",

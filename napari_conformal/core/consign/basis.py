@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from napari_conformal.core.cancel import check_stop
 from napari_conformal.core.device import resolve_device
+from napari_conformal.core.progress import check_stop
 from napari_conformal.errors import CalibrationError, StoreValidationError
 
 __all__ = [

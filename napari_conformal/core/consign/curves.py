@@ -16,7 +16,7 @@ errors are conservative). Then::
     λ_i(ν) = inf{λ : acc*_i(λ) > ν} = the first breakpoint with acc > ν
     λ̂(α, ν) = the (n − m)-th smallest λ_i(ν),  m = ⌊(n+1)α − 1⌋
 
-(:func:`~napari_conformal.core.crc.order_statistic_lambda_hat`, integer
+(:func:`~napari_conformal.core.quantiles.order_statistic_lambda_hat`, integer
 arithmetic). Changing ν only re-reads the stored fronts: O(n · front length).
 
 Each curve also records how far it was searched: ``searched_to`` (the largest
@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_conformal.core.crc import max_uncovered, order_statistic_lambda_hat
+from napari_conformal.core.metrics.accuracy import AccuracyCurve
+from napari_conformal.core.quantiles import max_uncovered, order_statistic_lambda_hat
+from napari_conformal.core.validation import check_nu
 from napari_conformal.errors import CalibrationError, LambdaMaxReachedError
 
 __all__ = ["CoverageCurve", "CurveSet", "IncompleteCurvesError"]
@@ -45,19 +47,19 @@ class IncompleteCurvesError(CalibrationError):
 
 
 @dataclass(frozen=True)
-class CoverageCurve:
-    """acc*(λ) of one image as a step function.
+class CoverageCurve(AccuracyCurve):
+    """acc*(λ) of one image at one box quantile level, as a step function.
 
     Attributes
     ----------
     lambdas : ndarray of float64, shape (J,)
         Breakpoints, strictly increasing (the first is usually 0, the box centre).
     accuracies : ndarray of float64, shape (J,)
-        acc* from each breakpoint on, strictly increasing.
+        acc* from each breakpoint on, strictly increasing (−inf before the first).
     coefficients : ndarray of float64, shape (J, K)
         A coefficient vector reaching each breakpoint (inside the box at that λ).
     searched_to : float
-        Largest λ whose box was searched.
+        Largest λ whose box was searched (beyond it, acc* is a lower bound).
     exhausted : bool
         Whether the search reached λ_max (then "no breakpoint above ν" means
         "not covered at any λ ≤ λ_max").
@@ -67,42 +69,11 @@ class CoverageCurve:
         The λ_max of the search.
     """
 
-    lambdas: np.ndarray
-    accuracies: np.ndarray
     coefficients: np.ndarray
     searched_to: float
     exhausted: bool
     quantile_level: float
     lambda_max: float
-
-    def accuracy_at(self, lam: float | np.ndarray) -> np.ndarray | float:
-        """acc*(λ): best accuracy found in the box at λ (−inf before the first breakpoint).
-
-        Beyond ``searched_to`` (an unfinished search) the value is a lower bound.
-        """
-        lam_arr = np.asarray(lam, dtype=np.float64)
-        j = np.searchsorted(self.lambdas, lam_arr, side="right") - 1
-        acc = np.where(j >= 0, self.accuracies[np.clip(j, 0, None)], -np.inf)
-        return acc if acc.ndim else float(acc)
-
-    def lambda_for(self, nu: float) -> float:
-        """λ_i(ν): first breakpoint with accuracy > ν; inf when none (see :class:`CurveSet`)."""
-        hit = np.flatnonzero(self.accuracies > nu)
-        return float(self.lambdas[hit[0]]) if hit.size else float("inf")
-
-    def best_accuracy(self) -> float:
-        """Largest accuracy found (−inf for an empty curve)."""
-        return float(self.accuracies[-1]) if self.accuracies.size else float("-inf")
-
-
-def _check_nu(nu: float) -> float:
-    try:
-        value = float(nu)
-    except (TypeError, ValueError):
-        raise CalibrationError(f"nu must be a number in [0, 1), got {nu!r}") from None
-    if not (np.isfinite(value) and 0.0 <= value < 1.0):
-        raise CalibrationError(f"nu must lie in [0, 1), got {nu!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -167,7 +138,7 @@ class CurveSet:
             True where λ_i(ν) is inf only because the search stopped early
             (the true value is > ``searched_to``).
         """
-        nu = _check_nu(nu)
+        nu = check_nu(nu)
         above = self._acc > nu
         has = above.any(axis=1)
         first = above.argmax(axis=1)

@@ -10,7 +10,7 @@ accuracy is a constant count, so only the *free* pixels need the scores::
     acc(c)    = (1/|𝓛(Y)|) Σ_{l ∈ 𝓛(Y)} hits_l(c) / n_l
 
 The sum runs label by label in float64, exactly as
-:func:`napari_conformal.core.accuracy.labelwise_accuracy_torch`. Scores are
+:func:`napari_conformal.core.metrics.accuracy.labelwise_accuracy_torch`. Scores are
 computed in float64 from the float32 basis: the argmax is then that of exact
 arithmetic except at ties within ~1e-16 (the search never profits from
 rounding luck), and it does not depend on the batch beyond float64 round-off. A viewer's

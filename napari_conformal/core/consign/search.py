@@ -3,7 +3,7 @@
 Algorithm 2 of CONSIGN asks, for one calibration image and one λ, whether
 some c in the box at λ gives ``acc(P(μ + U c); Y) > ν``. This module answers
 it for every λ and ν at once, for many images in one batch
-(ALGORITHMS.md §1.7–1.8 describe the reference loop it replaces):
+(docs/algorithms.md#calibration-search describes the reference loop it replaces):
 
 1. **Grid in blocks.** A geometric λ grid (``λ_min · ρ^j`` up to λ_max) is
    walked in blocks of ``points_per_block`` grid points. Every image has
@@ -11,7 +11,7 @@ it for every λ and ν at once, for many images in one batch
 2. **Surrogate ascent.** Each chain runs projected Adam on the paper's
    soft-argmax surrogate (temperature τ) of the label-wise accuracy, with
    the step size a fraction ``lr`` of the box half-width, clamping to its
-   own box after every step (ALGORITHMS.md §1.8: clamp projection).
+   own box after every step (the reference's clamp projection).
 3. **Hard accuracy decides.** Every iterate is scored with the hard argmax
    and recorded with λ(c), the smallest box that holds it (clipped to the
    chain's λ). The curve acc*(λ) is the running maximum of these records
@@ -46,18 +46,18 @@ conservative for the set C*_λ.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from napari_conformal.core.cancel import check_stop
 from napari_conformal.core.consign.basis import ImageBasis
 from napari_conformal.core.consign.box import CoefficientBox
 from napari_conformal.core.consign.curves import CoverageCurve, CurveSet
 from napari_conformal.core.consign.intervals import flip_lambda
 from napari_conformal.core.consign.restricted import RestrictedBatch, build_restricted_batch
+from napari_conformal.core.progress import Step, check_stop
 from napari_conformal.errors import CalibrationError, StoreValidationError
 
 __all__ = ["CoverageSearch", "SearchConfig", "lambda_grid", "search_curves"]
@@ -292,6 +292,22 @@ class CoverageSearch:
         progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> None:
+        """:meth:`iter_run` to its end, with a ``progress(done, total)`` callback."""
+        for step in self.iter_run(
+            nu_max=nu_max, stop_when=stop_when, until_lambda=until_lambda, until_nu=until_nu, should_stop=should_stop
+        ):
+            if progress is not None:
+                progress(*step)
+
+    def iter_run(
+        self,
+        *,
+        nu_max: float | None = None,
+        stop_when: Callable[[], bool] | None = None,
+        until_lambda: float | None = None,
+        until_nu: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Generator[Step, None, None]:
         """Search block by block; resumable (each image keeps its grid position).
 
         An image is finished when its best accuracy exceeds ``nu_max`` or the
@@ -309,10 +325,13 @@ class CoverageSearch:
             lower end is ≥ this λ (later blocks cannot change acc*(until_lambda)).
         until_nu : float, optional
             With ``until_lambda``: an image also stops once acc*(until_lambda) > until_nu.
-        progress : callable ``(done, total)``, optional
-            Called after each block, in image × grid-point units.
         should_stop : callable, optional
             Polled between batches; True raises ``Cancelled``.
+
+        Yields
+        ------
+        Step
+            After each block, in image × grid-point units (stage ``"search"``).
         """
         if not self._initialised:
             self._initialise(should_stop)
@@ -348,9 +367,8 @@ class CoverageSearch:
                 st.position = position + len(points)
                 st.searched_to = float(points[-1])
                 st.exhausted = st.position >= n_grid
-            if progress is not None:
-                done = sum(n_grid if finished(st) else st.position for st in self.states)
-                progress(done, self.n * n_grid)
+            done = sum(n_grid if finished(st) else st.position for st in self.states)
+            yield Step(done, self.n * n_grid, "search")
 
     def accuracy_at(self, index: int, lam: float) -> float:
         """acc*(λ) of image ``index`` from the blocks searched so far (−inf before any record)."""

@@ -1,6 +1,6 @@
 """A cardiac-like synthetic dataset for CONSIGN benchmarks: small structures, low-rank contour jitter.
 
-:func:`napari_conformal.core.synthetic.lowrank_multiclass_dataset` draws large
+:func:`napari_conformal.testing.synthetic.lowrank_multiclass_dataset` draws large
 regions, so a useful label-wise accuracy needs large sample variation and the
 calibrated λ lands far below the paper's range (λ ∝ 1/σ through eq. 6). This
 generator mimics the cardiac MC-dropout setting of the paper instead: a few
@@ -25,8 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from napari_conformal.core.synthetic import smooth_noise
 from napari_conformal.errors import ConformalError
+from napari_conformal.testing.synthetic import smooth_noise
 
 __all__ = ["cardiac_phantom"]
 

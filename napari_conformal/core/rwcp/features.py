@@ -58,8 +58,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_conformal.core.cancel import check_stop
 from napari_conformal.core.device import resolve_device, run_with_oom_fallback
+from napari_conformal.core.progress import check_stop
 from napari_conformal.errors import ConformalError
 
 __all__ = [

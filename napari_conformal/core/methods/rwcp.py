@@ -1,7 +1,7 @@
 """RW-CP: conformal risk control of the FNR on a random-walk-diffused map.
 
 Gaillochet, Desrosiers, Lombaert, "Anatomically-aware conformal prediction
-for medical image segmentation with random walks" (ALGORITHMS.md §4).
+for medical image segmentation with random walks" (docs/algorithms.md#rw-cp).
 Per image (:meth:`RWCPMethod.prepare`)::
 
     S⁽⁰⁾ = mean over the T samples of the foreground probability   (class fg_class)
@@ -10,7 +10,7 @@ Per image (:meth:`RWCPMethod.prepare`)::
     S⁽ⁿ⁾ = upsample(Pⁿ · area-downsample(S⁽⁰⁾))                           (core.diffusion)
 
 and then exactly standard CRC with S⁽ⁿ⁾ in place of S⁽⁰⁾ (everything after
-``prepare`` is inherited from :class:`~napari_conformal.core.crc_method.ThresholdFNRMethod`):
+``prepare`` is inherited from :class:`~napari_conformal.core.methods.threshold.ThresholdFNRMethod`):
 ``C_λ = {p : 1 − S⁽ⁿ⁾_p ≤ λ}``, λ̂ exact and grid-free, guarantee
 ``E[FNR] ≤ α`` for exchangeable calibration and test images.
 
@@ -18,25 +18,32 @@ Multi-class stores: ``fg_class`` picks the structure (one-vs-rest); calibrate
 one RW-CP per structure of interest.
 
 The diffused maps of every step stay available for viewers:
-``prepared.extras["diffusion"]`` is a :class:`~napari_conformal.core.diffusion.Diffusion`
+``prepared.extras["diffusion"]`` is a :class:`~napari_conformal.core.rwcp.diffusion.Diffusion`
 (``.step(t)``, ``.all_steps()``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from napari_conformal.core.crc_method import ThresholdFNRMethod, ThresholdPrepared, foreground_probability
 from napari_conformal.core.device import release_device_memory, resolve_device
-from napari_conformal.core.diffusion import Diffusion, diffuse
-from napari_conformal.core.features import FeatureExtractor, FeatureMap, check_features, make_extractor
-from napari_conformal.core.graph import transition_matrix
-from napari_conformal.core.method import register
-from napari_conformal.errors import ConformalError
+from napari_conformal.core.methods.base import Option, register
+from napari_conformal.core.methods.threshold import FG_CLASS, ThresholdFNRMethod, ThresholdPrepared
+from napari_conformal.core.rwcp.diffusion import Diffusion, diffuse
+from napari_conformal.core.rwcp.features import (
+    FeatureExtractor,
+    FeatureMap,
+    available_extractors,
+    check_features,
+    make_extractor,
+)
+from napari_conformal.core.rwcp.graph import transition_matrix
+from napari_conformal.core.scores.probabilities import foreground_probability
+from napari_conformal.errors import ConformalError, StoreValidationError
 
 __all__ = ["RWCPMethod"]
 
@@ -57,74 +64,70 @@ def _stage(progress: Progress | None, offset: int, total: int) -> Progress | Non
 
 @register("rwcp")
 class RWCPMethod(ThresholdFNRMethod):
-    """RW-CP, registered as ``"rwcp"``.
+    """RW-CP, registered as ``"rwcp"``: CRC of the FNR on a random-walk-diffused foreground map.
+
+    Options (:attr:`options`): ``k`` neighbours per node (20), ``rw_beta`` kernel scale β of
+    ``exp(−β (1 − cos))`` (50), ``n_step`` random-walk steps (10), ``features`` the extractor
+    (``"efficientnet-lite0"`` by default; ``"dinov2"``/``"dinov3"`` with ``model_dir``;
+    ``"multiscale"`` needs no weights), ``grid_stride`` pixels per node (automatic), ``include_self``
+    self-loops (a lazy walk; off in the paper) and ``fg_class``.
 
     Parameters
     ----------
-    alpha : float
-        Target expected false-negative rate in (0, 1).
-    k : int, optional
-        Neighbours per node of the kNN graph (default 20; None means 20).
-        Written as ``k`` in ``CALIB.json``.
-    rw_beta : float
-        Kernel scale β of ``exp(−β (1 − cos))`` (default 50).
-    n_step : int
-        Random-walk steps (default 10).
-    features : str, FeatureExtractor or callable
-        Feature extractor: ``"efficientnet-lite0"`` (default), ``"dinov2"``,
-        ``"dinov3"`` (with ``model_dir``), ``"multiscale"``, an extractor
-        instance or ``fn(image) -> (C, *S')``.
-    model_dir : str, optional
-        Local Hugging Face directory for the DINO extractors.
-    grid_stride : int, optional
-        Pixels per node along each axis for the CNN/multiscale extractors
-        (None: automatic, see :mod:`napari_conformal.core.features`).
+    extractor : FeatureExtractor or callable, optional
+        Use this extractor object or ``fn(image) -> (C, *S')`` instead of a named one (a user's own
+        network); recorded in ``params`` by name only, so its calibrations cannot be rebuilt from JSON.
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:i"``.
-    fg_class : int
-        Foreground label (one-vs-rest).
-    include_self : bool
-        Allow self-loops in the kNN graph (a lazy walk; off in the paper).
+    **options
+        See above.
     """
+
+    title: ClassVar[str] = "RW-CP"
+    colour: ClassVar[str] = "#ffd700"
+    layers: ClassVar[tuple[str, ...]] = ("contour", "diffusion")
+    uses_features: ClassVar[bool] = True
+    uses_device: ClassVar[bool] = True
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("k", "int", 20, "neighbours per node of the kNN feature graph", label="neighbours k", minimum=1),
+        Option("rw_beta", "float", 50.0, "kernel scale β of the edge weights exp(−β·(1 − cos))", label="β", minimum=0.0),
+        Option("n_step", "int", 10, "random-walk steps", label="steps", minimum=0, flag="steps"),
+        Option(
+            "features", "choice", "efficientnet-lite0", "image features the kNN graph is built from",
+            choices=tuple(available_extractors()),
+        ),
+        Option("model_dir", "text", None, "local Hugging Face folder of a DINOv2/DINOv3 model", label="model folder", optional=True),
+        Option("grid_stride", "int", None, "pixels per graph node along each axis (automatic when unset)", label="grid stride", minimum=1, optional=True),
+        Option("include_self", "bool", False, "allow self-loops in the kNN graph (a lazy walk; off in the paper)", label="self-loops"),
+        FG_CLASS,
+    )
+    k: int
+    rw_beta: float
+    n_step: int
+    features: str
+    model_dir: str | None
+    grid_stride: int | None
+    include_self: bool
 
     def __init__(
         self,
-        alpha: float,
-        k: int | None = None,
         *,
-        rw_beta: float = 50.0,
-        n_step: int = 10,
-        features: str | FeatureExtractor | Callable[[np.ndarray], np.ndarray] = "efficientnet-lite0",
-        model_dir: str | None = None,
-        grid_stride: int | None = None,
-        device: str = "auto",
-        fg_class: int = 1,
-        include_self: bool = False,
+        extractor: FeatureExtractor | Callable[[np.ndarray], np.ndarray] | None = None,
+        device: str | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(alpha, fg_class=fg_class)
-        k = 20 if k is None else k
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ConformalError(f"k (neighbours per node) must be a positive integer, got {k!r}")
-        self.k = int(k)
-        beta = float(rw_beta)
-        if not np.isfinite(beta) or beta < 0:
-            raise ConformalError(f"rw_beta must be a finite number >= 0, got {rw_beta!r}")
-        self.rw_beta = beta
-        if isinstance(n_step, bool) or not isinstance(n_step, (int, np.integer)) or n_step < 0:
-            raise ConformalError(f"n_step must be an integer >= 0, got {n_step!r}")
-        self.n_step = int(n_step)
-        options = {}
-        if isinstance(features, str):
-            if model_dir is not None:
-                options["model_dir"] = model_dir
-            if grid_stride is not None:
-                options["grid_stride"] = grid_stride
-        self.extractor = make_extractor(features, **options)
-        self.model_dir = model_dir
-        self.grid_stride = grid_stride
-        resolve_device(device)  # fail early on a device this machine lacks
-        self.device = str(device)
-        self.include_self = bool(include_self)
+        self._user_extractor = extractor
+        super().__init__(device=device, **options)
+
+    def _setup(self) -> None:
+        super()._setup()
+        if self._user_extractor is not None:
+            self.extractor = make_extractor(self._user_extractor)
+            self.features = str(self.extractor.params().get("name", "callable"))
+        else:
+            settings = {"model_dir": self.model_dir, "grid_stride": self.grid_stride}
+            self.extractor = make_extractor(self.features, **settings)
+        resolve_device(self.device)  # fail early on a device this machine lacks
 
     # -- the pipeline ---------------------------------------------------------------------
 
@@ -214,6 +217,7 @@ class RWCPMethod(ThresholdFNRMethod):
         samples: np.ndarray,
         *,
         features: np.ndarray | FeatureMap | None = None,
+        stored_dtype: Any = None,
         progress: Progress | None = None,
         should_stop: ShouldStop | None = None,
     ) -> ThresholdPrepared:
@@ -235,9 +239,9 @@ class RWCPMethod(ThresholdFNRMethod):
         ThresholdPrepared
             ``score`` = ``S⁽ⁿ⁾``; ``extras["diffusion"]`` keeps every step.
         """
-        base = foreground_probability(samples, self.fg_class)
+        base = foreground_probability(samples, self.fg_class, stored_dtype=stored_dtype)
         if image is not None and np.shape(image) != base.shape:
-            raise ConformalError(
+            raise StoreValidationError(
                 f"image shape {np.shape(image)} does not match the samples' spatial shape {base.shape}"
             )
         diffusion = self.diffuse(image, base, features=features, progress=progress, should_stop=should_stop)
@@ -252,19 +256,12 @@ class RWCPMethod(ThresholdFNRMethod):
         )
 
     def params(self) -> dict[str, Any]:
-        """Keyword arguments that rebuild this method (``k`` is written separately, from ``method.k``).
-
-        A user-supplied extractor object or function is recorded by name only
-        (``"callable"``/its class name) and cannot be rebuilt from JSON.
-        """
+        """The options; a user's own extractor is recorded by name only (it cannot be rebuilt from JSON)."""
         settings = self.extractor.params()
-        return {
-            "fg_class": self.fg_class,
-            "features": settings["name"],
-            "model_dir": settings.get("model_dir", self.model_dir),
-            "grid_stride": settings.get("grid_stride", self.grid_stride),
-            "rw_beta": self.rw_beta,
-            "n_step": self.n_step,
-            "device": self.device,
-            "include_self": self.include_self,
-        }
+        out = super().params()
+        out.update(
+            features=settings.get("name", self.features),
+            model_dir=settings.get("model_dir", self.model_dir),
+            grid_stride=settings.get("grid_stride", self.grid_stride),
+        )
+        return out

@@ -29,13 +29,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 
+from napari_conformal.core.validation import check_calibration_size, exact_fraction, min_calibration_size
 from napari_conformal.errors import (
     CalibrationError,
-    InsufficientCalibrationError,
     LambdaMaxReachedError,
     NonMonotoneCurveError,
 )
@@ -50,58 +49,6 @@ __all__ = [
     "min_calibration_size",
     "order_statistic_lambda_hat",
 ]
-
-
-def exact_fraction(x: float | Fraction | int) -> Fraction:
-    """Return the decimal value a user meant by ``x`` as an exact fraction.
-
-    ``0.1`` becomes ``1/10`` rather than the nearest binary double, so that
-    integer comparisons such as ``⌊(n+1)α⌋`` never flip through rounding.
-    """
-    if isinstance(x, Fraction):
-        return x
-    if isinstance(x, (int, np.integer)):
-        return Fraction(int(x))
-    return Fraction(repr(float(x)))
-
-
-def _validate_alpha(alpha: float, bound: float) -> None:
-    if not (isinstance(alpha, (int, float, np.floating, Fraction)) and math.isfinite(float(alpha))):
-        raise CalibrationError(f"alpha must be a finite number, got {alpha!r}")
-    if not 0 < float(alpha) < float(bound):
-        raise CalibrationError(f"alpha must lie in (0, B) = (0, {bound}), got {alpha}")
-    if not float(bound) > 0:
-        raise CalibrationError(f"the loss bound B must be positive, got {bound}")
-
-
-def min_calibration_size(alpha: float, bound: float = 1.0) -> int:
-    """Smallest n with ``n ≥ B/α − 1``, the feasibility condition of CRC.
-
-    Parameters
-    ----------
-    alpha : float
-        Target risk level in (0, B).
-    bound : float
-        Upper bound B of the loss (1 for FNR and 0/1 losses).
-
-    Returns
-    -------
-    int
-        e.g. 4, 9, 19 for α = 0.2, 0.1, 0.05 with B = 1.
-    """
-    _validate_alpha(alpha, bound)
-    need = exact_fraction(bound) / exact_fraction(alpha) - 1
-    return max(math.ceil(need), 1)
-
-
-def check_calibration_size(n: int, alpha: float, bound: float = 1.0) -> None:
-    """Raise :class:`InsufficientCalibrationError` when ``n < B/α − 1``."""
-    need = min_calibration_size(alpha, bound)
-    if n < need:
-        raise InsufficientCalibrationError(
-            f"too few calibration images for alpha={alpha}: got n={n}, need n >= B/alpha - 1 = {need}; "
-            f"add calibration images or raise alpha to at least {float(bound) / (n + 1):.4g}"
-        )
 
 
 def max_uncovered(n: int, alpha: float, bound: float = 1.0) -> int:

@@ -19,7 +19,7 @@ search can be resumed).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -28,10 +28,11 @@ from napari_conformal.core.consign.basis import ImageBasis, check_quantile_level
 from napari_conformal.core.consign.box import make_box
 from napari_conformal.core.consign.curves import CurveSet, IncompleteCurvesError
 from napari_conformal.core.consign.search import CoverageSearch, SearchConfig
-from napari_conformal.core.crc import check_calibration_size, exact_fraction, max_uncovered
+from napari_conformal.core.progress import Step
+from napari_conformal.core.quantiles import check_calibration_size, exact_fraction, max_uncovered
 from napari_conformal.errors import CalibrationError
 
-__all__ = ["ConsignCalibrator", "quantile_level_for"]
+__all__ = ["ConsignCalibrator", "decided_rule", "iter_decided_curves", "quantile_level_for"]
 
 Progress = Callable[[int, int], None]
 ShouldStop = Callable[[], bool]
@@ -42,6 +43,61 @@ def quantile_level_for(alpha: float, quantile_level: float | None = None) -> flo
     if quantile_level is not None:
         return check_quantile_level(quantile_level)
     return check_quantile_level(float(exact_fraction(alpha) / 2))
+
+
+def decided_rule(search: CoverageSearch, alpha: float, nu: float) -> Callable[[], bool]:
+    """A ``stop_when`` for ``search``: True once its curves decide λ̂(α, ν) (or prove it cannot be had).
+
+    Deciding λ̂ at ν decides it at every smaller ν (each λ_i(ν) is non-decreasing in ν).
+    """
+    needed = search.n - max_uncovered(search.n, alpha)
+
+    def decided() -> bool:
+        if sum(st.best_acc > nu for st in search.states) < needed:
+            return False
+        try:
+            search.curves().lambda_hat(alpha, nu)
+        except IncompleteCurvesError:
+            return False
+        except CalibrationError:
+            return True
+        return True
+
+    return decided
+
+
+def iter_decided_curves(
+    bases: Sequence[ImageBasis],
+    labels: Sequence[np.ndarray | torch.Tensor],
+    *,
+    alpha: float,
+    nu: float,
+    quantile_level: float | None = None,
+    config: SearchConfig | None = None,
+    should_stop: ShouldStop | None = None,
+) -> Generator[Step, None, CurveSet]:
+    """The batched coverage search of a calibration set, until λ̂(α, ν') is decided for every ν' ≤ ν.
+
+    One search at the box of α's quantile level (q = α/2 unless ``quantile_level`` fixes it), run
+    block by block and stopped by :func:`decided_rule`; the check ``n ≥ ⌈1/α⌉ − 1`` comes first.
+
+    Yields
+    ------
+    Step
+        After each search block (stage ``"search"``).
+
+    Returns
+    -------
+    CurveSet
+        The curves, as the generator's return value.
+    """
+    check_calibration_size(len(bases), alpha)
+    q = quantile_level_for(alpha, quantile_level)
+    base = config if config is not None else SearchConfig()
+    cfg = SearchConfig(**{**base.__dict__, "nu_max": float(nu)})
+    search = CoverageSearch(bases, labels, make_box(list(bases), q), cfg)
+    yield from search.iter_run(nu_max=float(nu), stop_when=decided_rule(search, alpha, float(nu)), should_stop=should_stop)
+    return search.curves()
 
 
 class ConsignCalibrator:
@@ -120,21 +176,7 @@ class ConsignCalibrator:
 
     def _decided(self, alpha: float, nu: float) -> Callable[[], bool]:
         """A ``stop_when`` for the search: True once the curves decide λ̂(α, ν)."""
-        search = self.search(alpha)
-        needed = self.n - max_uncovered(self.n, alpha)
-
-        def decided() -> bool:
-            if sum(st.best_acc > nu for st in search.states) < needed:
-                return False
-            try:
-                search.curves().lambda_hat(alpha, nu)
-            except IncompleteCurvesError:
-                return False
-            except CalibrationError:
-                return True
-            return True
-
-        return decided
+        return decided_rule(self.search(alpha), alpha, nu)
 
     def curves(
         self,

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_conformal.core.cancel import check_stop
-from napari_conformal.core.graph import TransitionMatrix
+from napari_conformal.core.progress import check_stop
+from napari_conformal.core.rwcp.graph import TransitionMatrix
 from napari_conformal.errors import ConformalError
 
 __all__ = ["Diffusion", "diffuse", "from_grid", "random_walk", "to_grid"]

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from napari_conformal.core.cancel import check_stop
 from napari_conformal.core.device import resolve_device, run_with_oom_fallback
+from napari_conformal.core.progress import check_stop
 from napari_conformal.errors import ConformalError
 
 __all__ = [

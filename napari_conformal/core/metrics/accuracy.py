@@ -5,8 +5,7 @@ maps over the same pixels/voxels)::
 
     acc(Ŷ; Y) = (1/|𝓛(Y)|) Σ_{l ∈ 𝓛(Y)}  |{p : Ŷ_p = l ∧ Y_p = l}| / |{p : Y_p = l}|
 
-where 𝓛(Y) is the set of labels *present in Y* (ALGORITHMS.md §1.5 and §6
-item 1): the per-label term is the recall of label ``l``, and labels absent
+where 𝓛(Y) is the set of labels *present in Y* (docs/algorithms.md#membership-and-loss): the per-label term is the recall of label ``l``, and labels absent
 from the ground truth are skipped, so the ratio is never 0/0. A candidate
 covers ``Y`` at accuracy rate ν iff ``acc(Ŷ; Y) > ν`` (strict).
 
@@ -22,7 +21,10 @@ one ground truth ``(*S)`` and loop only over the labels present in ``Y``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -31,7 +33,7 @@ from napari_conformal.errors import ConformalError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["is_covered", "labelwise_accuracy", "labelwise_accuracy_torch"]
+__all__ = ["AccuracyCurve", "is_covered", "labelwise_accuracy", "labelwise_accuracy_torch"]
 
 
 def _check_shapes(pred_shape: tuple[int, ...], truth_shape: tuple[int, ...]) -> bool:
@@ -178,3 +180,84 @@ def is_covered(accuracy: np.ndarray | float, nu: float) -> np.ndarray | bool:
         raise ConformalError(f"nu must lie in [0, 1), got {nu}")
     result = np.asarray(accuracy) > nu
     return bool(result) if result.ndim == 0 else result
+
+
+@dataclass(frozen=True)
+class AccuracyCurve:
+    """The best label-wise accuracy a set reaches as a step function of λ: ``acc*(λ)``.
+
+    The calibration statistic of CONSIGN and of the pixel-wise sets: an image is covered at λ and
+    accuracy rate ν iff ``acc*(λ) > ν``, so its per-image threshold is the first breakpoint above
+    ν, ``λ_i(ν) = inf{λ : acc*(λ) > ν}``, and λ̂ is an order statistic of the λ_i.
+
+    Attributes
+    ----------
+    lambdas : ndarray of float64, shape (J,)
+        Breakpoints, strictly increasing.
+    accuracies : ndarray of float64, shape (J,)
+        ``acc*`` from each breakpoint on, non-decreasing.
+    """
+
+    lambdas: np.ndarray
+    accuracies: np.ndarray
+
+    #: acc* before the first breakpoint
+    before: ClassVar[float] = -math.inf
+
+    def accuracy_at(self, lam: float | np.ndarray) -> np.ndarray | float:
+        """``acc*(λ)`` (``before`` ahead of the first breakpoint)."""
+        lam_arr = np.asarray(lam, dtype=np.float64)
+        j = np.searchsorted(self.lambdas, lam_arr, side="right") - 1
+        acc = np.where(j >= 0, self.accuracies[np.clip(j, 0, None)] if self.accuracies.size else self.before, self.before)
+        return acc if acc.ndim else float(acc)
+
+    def lambda_for(self, nu: float) -> float:
+        """``λ_i(ν)``: the first breakpoint with accuracy > ν; inf when none."""
+        j = int(np.searchsorted(self.accuracies, float(nu), side="right"))
+        return float(self.lambdas[j]) if j < self.lambdas.size else math.inf
+
+    def best_accuracy(self) -> float:
+        """The largest accuracy reached (``before`` for an empty curve)."""
+        return float(self.accuracies[-1]) if self.accuracies.size else self.before
+
+    def encode(self) -> dict[str, Any]:
+        """``{"lambdas": array, "accuracies": array}`` for a calibration file."""
+        from napari_conformal.core.arrays_json import encode_array
+
+        return {"lambdas": encode_array(self.lambdas), "accuracies": encode_array(self.accuracies)}
+
+    @staticmethod
+    def decode_arrays(
+        doc: Mapping[str, Any], *, complete: bool, extra: Sequence[str] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(lambdas, accuracies)`` of an encoded curve whose keys are those two and ``extra``.
+
+        Checks what a step curve must satisfy: as many λ as accuracies, λ ≥ 0 strictly increasing,
+        accuracies in [0, 1] non-decreasing, and (``complete``) ending at accuracy 1.
+
+        Raises
+        ------
+        CalibrationFileError
+            Anything else.
+        """
+        from napari_conformal.core.arrays_json import decode_array
+        from napari_conformal.errors import CalibrationFileError
+
+        keys = {"lambdas", "accuracies", *extra}
+        if not isinstance(doc, Mapping) or set(doc) != keys:
+            raise CalibrationFileError(f"an accuracy curve must have the keys {sorted(keys)}")
+        lam = np.array(decode_array(doc["lambdas"], "lambdas"))
+        acc = np.array(decode_array(doc["accuracies"], "accuracies"))
+        ok = lam.dtype == acc.dtype == np.float64 and lam.ndim == acc.ndim == 1 and lam.size == acc.size
+        ok = ok and (lam.size == 0 or (lam[0] >= 0 and bool(np.all(np.diff(lam) > 0))))
+        ok = ok and (acc.size == 0 or (acc.min() >= 0 and acc.max() <= 1 and bool(np.all(np.diff(acc) >= 0))))
+        if complete:
+            ok = ok and lam.size > 0 and acc[-1] == 1.0
+        if not ok:
+            raise CalibrationFileError(
+                "an accuracy curve needs as many λ as accuracies, λ >= 0 strictly increasing and accuracies in "
+                "[0, 1] non-decreasing" + (" up to 1" if complete else "")
+            )
+        lam.flags.writeable = False
+        acc.flags.writeable = False
+        return lam, acc

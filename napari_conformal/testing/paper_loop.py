@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from napari_conformal.core.cancel import check_stop
 from napari_conformal.core.consign.basis import ImageBasis
 from napari_conformal.core.consign.box import CoefficientBox
-from napari_conformal.core.crc import max_uncovered
+from napari_conformal.core.progress import check_stop
+from napari_conformal.core.quantiles import max_uncovered
 from napari_conformal.errors import LambdaMaxReachedError
 
 __all__ = ["PaperLoopConfig", "PaperLoopResult", "paper_loop_calibration", "paper_membership"]

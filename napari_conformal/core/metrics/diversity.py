@@ -21,7 +21,7 @@ Given N label maps drawn from a method's prediction set (``samples``, shape
 
       SEC(N) = mean_i 1[ max_{s ≤ N} acc(Ŷ_i^(s); Y_i) > ν ]
 
-  with the label-wise accuracy of :mod:`napari_conformal.core.accuracy`.
+  with the label-wise accuracy of :mod:`napari_conformal.core.metrics.accuracy`.
 * **Correlation** (:func:`sample_correlation`): Pearson correlation matrix of
   the N samples taken as N variables over the uncertain pixels (label indices
   as numbers), NaN (constant sample) replaced by 0. Reported as the mean over
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_conformal.core.accuracy import labelwise_accuracy
+from napari_conformal.core.metrics.accuracy import labelwise_accuracy
 from napari_conformal.errors import ConformalError
 
 __all__ = [
