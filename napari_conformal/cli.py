@@ -1,12 +1,15 @@
-"""The ``napari-conformal`` command: calibrate and evaluate headless, open the demo.
+"""The ``napari-conformal`` command: calibrate, evaluate, report and cache features headless; open the demo.
 
-Every user error (bad store, bad indices, calibration set too small for α, …)
-ends with one line ``napari-conformal: error: …`` on stderr and exit status 2;
-nothing is written and the inputs are never modified. Outputs are written to
-a temporary sibling file and renamed into place, so an interrupted run never
-leaves a half-written file. The one command that writes into a store,
-``features``, adds its ``features`` array the same way: swapped in only once
-every image is done.
+Every user error (bad store, bad indices, a calibration set too small for α, an unreadable
+``CALIB.json``, an output path that cannot be written) ends with one line
+``napari-conformal: error: …`` on stderr and exit status 2; nothing is written and the inputs are
+never modified. Arguments, the output path and the calibration size are checked before any
+per-image work. Outputs are written to a temporary sibling file and renamed into place, so an
+interrupted run never leaves a half-written file.
+
+The method options (``--k``, ``--rw-beta``, ``--tau``, …) are generated from the methods' options
+specs (:class:`~napari_conformal.core.methods.base.Option`), so a method's new option is a new
+flag; ``-o NAME=VALUE`` reaches any option too.
 """
 
 from __future__ import annotations
@@ -14,17 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from napari_conformal.errors import ConformalError
 
 __all__ = ["build_parser", "main"]
 
 PROG = "napari-conformal"
-METHODS = ("consign", "rwcp", "crc", "consema", "aps", "raps", "lac", "sacp")
+T = TypeVar("T")
 
 
 class UsageError(ConformalError):
@@ -64,10 +68,56 @@ def _add_option_flag(parser: argparse.ArgumentParser, help_text: str, metavar: s
     )
 
 
+def _method_options() -> dict[str, tuple[Any, list[str]]]:
+    """Every option of every method: ``name → (the Option, [methods that have it])``."""
+    from napari_conformal.core.methods.base import available_methods, method_class
+
+    out: dict[str, tuple[Any, list[str]]] = {}
+    for name in available_methods():
+        for opt in method_class(name).options:
+            if opt.name in out:
+                out[opt.name][1].append(name)
+            else:
+                out[opt.name] = (opt, [name])
+    return out
+
+
+def _add_method_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per method option (values parsed by the chosen method's spec after argparse)."""
+    group = parser.add_argument_group("method options (each applies to the methods named in its help)")
+    for name, (opt, methods) in _method_options().items():
+        extra = f" [{', '.join(methods)}; default {opt.default!r}]"
+        metavar = "{" + ",".join(opt.choices) + "}" if opt.kind == "choice" else opt.kind.upper()
+        group.add_argument(opt.cli_flag, dest=f"opt__{name}", default=None, metavar=metavar, help=opt.help + extra)
+
+
+def _given_options(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """The method options the command line gave, checked against the method's spec."""
+    from napari_conformal.core.methods.base import method_class
+
+    cls = method_class(method)
+    own = {o.name for o in cls.options}
+    out: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if key.startswith("opt__") and value is not None:
+            name = key[len("opt__") :]
+            if name not in own:
+                flag = _method_options()[name][0].cli_flag
+                raise UsageError(f"{flag} does not apply to method {method!r} (its options: {', '.join(own) or 'none'})")
+            out[name] = value
+    for name, value in args.option:
+        if name not in own:
+            raise UsageError(f"-o {name}: method {method!r} has no option {name!r} (its options: {', '.join(own) or 'none'})")
+        out[name] = value
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``napari-conformal`` command."""
     from napari_conformal import __version__
+    from napari_conformal.core.methods.base import available_methods
 
+    methods = available_methods()
     parser = _Parser(
         prog=PROG,
         description="Conformal prediction sets for image segmentation (CONSIGN, RW-CP and baselines).",
@@ -76,21 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     cal = sub.add_parser("calibrate", help="calibrate a method on a dataset store and write CALIB.json")
-    cal.add_argument("store", help="path of the dataset store (zarr group, SPEC §3)")
-    cal.add_argument("--method", required=True, choices=METHODS)
+    cal.add_argument("store", help="path of the dataset store (a zarr group; see docs/store.md)")
+    cal.add_argument("--method", required=True, choices=methods)
     cal.add_argument("--alpha", required=True, type=_probability, help="risk level α in (0, 1)")
     cal.add_argument("--nu", type=_probability, help="label-wise accuracy ν (consign and pixel-wise methods)")
-    cal.add_argument("--k", type=int, help="principal components K (consign) or neighbours k (rwcp)")
     split = cal.add_mutually_exclusive_group(required=True)
     split.add_argument("--cal", help="calibration image indices, e.g. '0-79,90'")
     split.add_argument("--cal-fraction", type=_probability, help="random fraction of images for calibration")
     cal.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
-    cal.add_argument("--fg-class", type=int, help="foreground class for binary methods (default 1)")
-    cal.add_argument("--features", help="rwcp feature extractor (efficientnet-lite0, multiscale, dinov2, …)")
-    cal.add_argument("--rw-beta", type=float, help="rwcp kernel scale β (default 50)")
-    cal.add_argument("--steps", type=int, help="rwcp diffusion steps (default 10)")
-    cal.add_argument("--tau", type=float, help="consema coverage ratio τ")
-    _add_option_flag(cal, "any other method parameter (repeatable), e.g. -o lambda_max=2")
+    _add_method_flags(cal)
+    _add_option_flag(cal, "any method option (repeatable), e.g. -o lambda_max=2")
     cal.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default auto)")
     cal.add_argument("--scheduler", help="run per-image work on dask.distributed: 'local' or an address")
     cal.add_argument("--out", required=True, help="output CALIB.json")
@@ -109,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--seed", type=int, default=0, help="seed for sampling set members")
     ev.add_argument("--device", default=None, help="override the calibration's device")
+    ev.add_argument(
+        "--other-data", action="store_true", help="evaluate on a store other than the calibration's (every image is a test image)"
+    )
     ev.add_argument("--scheduler", help="run per-image work on dask.distributed: 'local' or an address")
     ev.add_argument("--out", required=True, help="output METRICS.json")
     ev.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
@@ -119,22 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Compute the rwcp features of every image and store them as the store's 'features' array. "
             "calibrate and evaluate with rwcp read them instead of recomputing when their extractor "
-            "settings (--features and -o grid_stride/model_dir/...) are the same; otherwise they compute "
+            "settings (--features, --grid-stride, --model-dir) are the same; otherwise they compute "
             "features as usual."
         ),
     )
     feat.add_argument("store", help="path of the dataset store (written in place)")
-    feat.add_argument(
-        "--features", required=True, help="feature extractor (efficientnet-lite0, multiscale, dinov2, …)"
-    )
+    feat.add_argument("--features", required=True, help="feature extractor (efficientnet-lite0, multiscale, dinov2, …)")
     _add_option_flag(feat, "extractor setting (repeatable), as given to calibrate, e.g. -o grid_stride=2")
     feat.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default auto)")
     feat.add_argument("--overwrite", action="store_true", help="replace features the store already holds")
     feat.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
-    make = sub.add_parser(
-        "make-demo", help="build (or reuse) a demo dataset store from the packaged real data"
-    )
+    make = sub.add_parser("make-demo", help="build (or reuse) a demo dataset store from the packaged real data")
     make.add_argument(
         "name", choices=("hippocampus-3d", "hippocampus-2d", "brain-mri", "nuclei"), help="which demo dataset"
     )
@@ -144,16 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] for the demo model")
     make.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
-    demo = sub.add_parser(
-        "demo", help="open napari on a demo store with every dock and a calibration to browse"
-    )
+    demo = sub.add_parser("demo", help="open napari on a demo store with every dock and a calibration to browse")
     demo.add_argument("--screenshot", help="wait for the calibration, save a PNG of the window and exit")
     demo.add_argument(
         "--dataset",
         default="hippocampus-2d",
         help="demo store: hippocampus-2d (default), hippocampus-3d (first build ~2 min), brain-mri, nuclei",
     )
-    demo.add_argument("--method", default="consign", help="method calibrated at start (default consign)")
+    demo.add_argument("--method", default="consign", choices=methods, help="method calibrated at start (default consign)")
     demo.add_argument("--no-calibrate", action="store_true", help="open the store without calibrating")
     _add_report_parser(sub)
     return parser
@@ -172,18 +214,35 @@ def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         fh.write((text + "\n").encode())
 
 
-def _method_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kwargs: dict[str, Any] = dict(args.option)
-    for name in ("fg_class", "features", "rw_beta", "steps", "tau"):
-        value = getattr(args, name)
-        if value is not None:
-            kwargs["n_step" if name == "steps" else name] = value
-    if args.device and args.device != "auto":
-        kwargs["device"] = args.device
-    return kwargs
+def check_output_file(path: str, *inputs: str) -> Path:
+    """Check, before any work, that ``path`` may receive an output file.
+
+    Refuses a directory, a device or any other non-regular file, a symbolic link (give the real
+    path: links are refused, not followed, so an output never lands somewhere unexpected), one of
+    the command's inputs, and a folder that does not exist or cannot be written.
+    """
+    target = Path(path)
+    if target.is_symlink():
+        raise UsageError(f"--out {path} is a symbolic link; give the real path (links are not followed)")
+    if target.exists():
+        mode = target.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise UsageError(f"--out {path} is a directory; give a file name")
+        if not stat.S_ISREG(mode):
+            raise UsageError(f"--out {path} is not a regular file (a device, pipe or socket); give a file name")
+    resolved = target.resolve()
+    for given in inputs:
+        if given and Path(given).resolve() == resolved:
+            raise UsageError(f"--out {path} is one of the inputs; write the output elsewhere")
+    folder = resolved.parent
+    if not folder.is_dir():
+        raise UsageError(f"--out {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path}: the folder {folder} is not writable")
+    return target
 
 
-def _open_store(path: str):
+def _open_store(path: str) -> Any:
     from napari_conformal.io.store import open_store
 
     if not Path(path).exists():
@@ -191,85 +250,91 @@ def _open_store(path: str):
     return open_store(path, mode="r")
 
 
+def _run(gen: Generator[Any, None, T], label: str, quiet: bool) -> T:
+    """Drive a progress generator with a terminal progress bar per stage."""
+    from napari_conformal._terminal import progress_bar
+
+    bar = progress_bar(label, quiet)
+    try:
+        while True:
+            step = next(gen)
+            bar(step[0], step[1], getattr(step, "stage", None))
+    except StopIteration as stop:
+        return stop.value
+
+
 # -- subcommands -------------------------------------------------------------------------------------
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from napari_conformal.api import calibrate
+    from napari_conformal.api import iter_calibrate
     from napari_conformal.io.indices import parse_indices, random_split
 
+    check_output_file(args.out, args.store)
+    options = _given_options(args, args.method)
     store = _open_store(args.store)
     if args.cal is not None:
-        cal = parse_indices(args.cal, store.n_images)
+        cal, seed = parse_indices(args.cal, store.n_images), None
     else:
-        cal, _ = random_split(store.n_images, args.cal_fraction, args.seed)
-    record = calibrate(
-        store,
-        args.method,
-        alpha=args.alpha,
-        nu=args.nu,
-        k=args.k,
-        cal_indices=cal,
-        params=_method_kwargs(args),
-        scheduler=args.scheduler,
-        progress=_progress_bar("calibrating", args.quiet),
+        (cal, _), seed = random_split(store.n_images, args.cal_fraction, args.seed), args.seed
+    calibration = _run(
+        iter_calibrate(
+            store,
+            args.method,
+            alpha=args.alpha,
+            nu=args.nu,
+            cal_indices=cal,
+            device=args.device,
+            scheduler=args.scheduler,
+            split_seed=seed,
+            **options,
+        ),
+        "calibrating",
+        args.quiet,
     )
-    write_json_atomic(args.out, record)
+    calibration.save(args.out)
     if not args.quiet:
         print(
-            f"{args.method}: lambda_hat = {record['lambda_hat']:.6g} from n = {record['n']} images; "
-            f"wrote {args.out}",
+            f"{args.method}: lambda_hat = {calibration.lambda_hat:.6g} from n = {calibration.n} images; "
+            f"{calibration.guarantee()} Wrote {args.out}",
             file=sys.stderr,
         )
     return 0
 
 
-def load_calibration(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a ``CALIB.json`` written by ``calibrate``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"calibration file not found: {path}")
-    try:
-        calib = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"calibration file {path} is not valid JSON: {exc}") from None
-    if not isinstance(calib, dict):
-        raise UsageError(f"calibration file {path} does not hold a JSON object")
-    missing = [k for k in ("method", "alpha", "lambda_hat", "n", "cal_indices", "store") if k not in calib]
-    if missing:
-        raise UsageError(f"calibration file {path} lacks the keys {', '.join(missing)}")
-    return calib
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from napari_conformal.api import evaluate
+    from napari_conformal.api import iter_evaluate
+    from napari_conformal.core.calibration import Calibration
     from napari_conformal.io.indices import parse_indices
 
-    calib = load_calibration(args.calibration)
+    check_output_file(args.out, args.store, args.calibration)
+    calibration = Calibration.load(args.calibration)
     store = _open_store(args.store)
     test = None if args.test is None else parse_indices(args.test, store.n_images)
-    report = evaluate(
-        store,
-        calib,
-        test_indices=test,
-        n_samples=args.n_samples,
-        seed=args.seed,
-        overrides={"device": args.device} if args.device else None,
-        scheduler=args.scheduler,
-        progress=_progress_bar("evaluating", args.quiet),
+    report = _run(
+        iter_evaluate(
+            store,
+            calibration,
+            test_indices=test,
+            n_samples=args.n_samples,
+            seed=args.seed,
+            device=args.device,
+            check_identity=not args.other_data,
+            scheduler=args.scheduler,
+        ),
+        "evaluating",
+        args.quiet,
     )
     report["calibration"] = str(Path(args.calibration).resolve())
     write_json_atomic(args.out, report)
     if not args.quiet:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in report["mean"].items() if isinstance(v, float))
-        print(
-            f"{calib['method']} on {report['n_test']} test images: {shown}; wrote {args.out}", file=sys.stderr
-        )
+        print(f"{calibration.method} on {report['n_test']} test images: {shown}; wrote {args.out}", file=sys.stderr)
     return 0
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from napari_conformal.api import cache_features
+    from napari_conformal.api import iter_cache_features
     from napari_conformal.io.store import open_store
 
     path = Path(args.store)
@@ -280,15 +345,11 @@ def cmd_features(args: argparse.Namespace) -> int:
     store = open_store(path, mode="r+")
     if store.has_features and not args.overwrite:
         raise UsageError(f"store {path} already has features; pass --overwrite to replace them")
-    params: dict[str, Any] = {**dict(args.option), "features": args.features}
-    if args.device and args.device != "auto":
-        params["device"] = args.device
-    info = cache_features(
-        store,
-        "rwcp",
-        params=params,
-        overwrite=args.overwrite,
-        progress=_progress_bar("computing features", args.quiet),
+    options: dict[str, Any] = {**dict(args.option), "features": args.features}
+    info = _run(
+        iter_cache_features(store, "rwcp", overwrite=args.overwrite, device=args.device, **options),
+        "computing features",
+        args.quiet,
     )
     if not args.quiet:
         grid = "x".join(str(g) for g in info["grid_shape"])
@@ -301,6 +362,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_make_demo(args: argparse.Namespace) -> int:
+    from napari_conformal._terminal import progress_bar
     from napari_conformal.demo_data import build_demo_store
 
     if args.n_images is not None and args.n_images < 2:
@@ -309,7 +371,7 @@ def cmd_make_demo(args: argparse.Namespace) -> int:
         path = build_demo_store(
             args.name,
             args.out,
-            progress=_progress_bar(f"building {args.name}", args.quiet),
+            progress=progress_bar(f"building {args.name}", args.quiet),
             overwrite=args.overwrite,
             n_images=args.n_images,
             device=args.device,
@@ -328,7 +390,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-# -- report subcommand (issue 7; the work is in napari_conformal.report) ---------------------------
+# -- report subcommand (the work is in napari_conformal.report) --------------------------------------
 
 
 def _comma_list(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
@@ -365,13 +427,9 @@ def _add_report_parser(sub: Any) -> None:
     rep.add_argument("--k", type=_positive_int, help="principal components K (consign)")
     rep.add_argument("--splits", type=_positive_int, default=5, help="random splits (default 5)")
     size = rep.add_mutually_exclusive_group()
-    size.add_argument(
-        "--cal-fraction", type=_probability, help="fraction of images that calibrate (default 0.5)"
-    )
+    size.add_argument("--cal-fraction", type=_probability, help="fraction of images that calibrate (default 0.5)")
     size.add_argument("--n-cal", type=_positive_int, help="number of images that calibrate")
-    rep.add_argument(
-        "--seed", type=int, default=0, help="seed of the splits and of sampled members (default 0)"
-    )
+    rep.add_argument("--seed", type=int, default=0, help="seed of the splits and of sampled members (default 0)")
     rep.add_argument(
         "--n-samples",
         type=_comma_list(_positive_int),
@@ -386,7 +444,7 @@ def _add_report_parser(sub: Any) -> None:
     rep.add_argument("--features", help="rwcp feature extractor (efficientnet-lite0, multiscale, dinov2, …)")
     _add_option_flag(
         rep,
-        "a method parameter (repeatable), e.g. -o rwcp.grid_stride=2 or -o fg_class=2 (every method)",
+        "a method option (repeatable), e.g. -o rwcp.grid_stride=2 or -o fg_class=2 (every method)",
         metavar="[METHOD.]NAME=VALUE",
     )
     rep.add_argument("--false-alarm", type=_probability, default=0.01, help="per-split band false alarm")
@@ -397,27 +455,8 @@ def _add_report_parser(sub: Any) -> None:
     rep.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
 
-def _progress_bar(label: str, quiet: bool, width: int = 30) -> Callable[[int, int], None]:
-    """A text progress bar on stderr, only when stderr is a terminal."""
-    show = not quiet and sys.stderr.isatty()
-
-    def report(done: int, total: int) -> None:
-        if not show or total <= 0:
-            return
-        filled = int(width * done / total)
-        bar = "#" * filled + "." * (width - filled)
-        end = "\n" if done >= total else ""
-        print(
-            f"\r{label} [{bar}] {100 * done / total:3.0f}% {done}/{total}",
-            end=end,
-            file=sys.stderr,
-            flush=True,
-        )
-
-    return report
-
-
 def cmd_report(args: argparse.Namespace) -> int:
+    from napari_conformal._terminal import progress_bar
     from napari_conformal.report import build_report, check_report_target, method_params, write_report
 
     check_report_target(args.out, args.overwrite)  # fail before any work
@@ -443,7 +482,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         params=params,
         false_alarm=args.false_alarm,
         scheduler=args.scheduler,
-        progress=_progress_bar("report", args.quiet),
+        progress=progress_bar("report", args.quiet),
     )
     out = write_report(results, args.out, overwrite=args.overwrite)
     if results["failures"]:  # a result, not an error: the page lists them
@@ -477,6 +516,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConformalError as exc:
         message = " ".join(str(exc).split())
         print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file the command could not read or write (permissions, disk full)
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"{PROG}: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing written", file=sys.stderr)

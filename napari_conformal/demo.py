@@ -20,6 +20,7 @@ __all__ = [
     "DEMO_DATASETS",
     "add_plugin_docks",
     "dock_widget",
+    "explorer_for",
     "open_viewer",
     "run_demo",
     "save_screenshot",
@@ -28,17 +29,12 @@ __all__ = [
 
 PLUGIN = "napari-conformal"
 CALIBRATION_DOCK = "Conformal calibration"
-#: the explorer tab brought to the front for the demo's method
-EXPLORER_DOCKS = {
-    "consign": "CONSIGN explorer",
-    "rwcp": "RW-CP explorer",
-    "crc": "RW-CP explorer",
-    "consema": "RW-CP explorer",
-    "aps": "Pixel-wise sets",
-    "raps": "Pixel-wise sets",
-    "lac": "Pixel-wise sets",
-    "sacp": "Pixel-wise sets",
-}
+#: the explorer tab that shows a method, by a layer kind the method draws (first match wins)
+EXPLORER_BY_LAYER = (
+    ("directions", "CONSIGN explorer"),
+    ("set_size", "Pixel-wise sets"),
+    ("contour", "RW-CP explorer"),
+)
 #: the demo stores ``demo`` can open; the first is the default
 DEMO_DATASETS = ("hippocampus-2d", "hippocampus-3d", "brain-mri", "nuclei")
 
@@ -94,6 +90,14 @@ def dock_widget(viewer: Any, display_name: str) -> Any:
     return widget
 
 
+def explorer_for(method: str) -> str | None:
+    """The display name of the explorer dock that shows ``method`` (from the layers the method draws)."""
+    from napari_conformal.core.methods.base import method_class
+
+    layers = method_class(method).layers
+    return next((dock for kind, dock in EXPLORER_BY_LAYER if kind in layers), None)
+
+
 def _raise_dock(viewer: Any, display_name: str | None) -> None:
     """Bring a tabbed dock to the front (no-op when it is not docked)."""
     for name, widget in viewer.window.dock_widgets.items():
@@ -110,7 +114,7 @@ def start_demo_calibration(
     method: str = "consign",
     alpha: float = 0.1,
     nu: float = 0.9,
-    k: int = 5,
+    k: int | None = None,
 ) -> Any:
     """Fill in the calibration dock for ``store_path`` and press Run (the work runs in a thread).
 
@@ -121,6 +125,7 @@ def start_demo_calibration(
     CalibrationWidget
         Its ``worker`` is None again when the calibration has finished.
     """
+
     widget = dock_widget(viewer, CALIBRATION_DOCK)
     widget.store_edit.setText(str(store_path))
     pos = widget.method_combo.findData(method)
@@ -131,7 +136,8 @@ def start_demo_calibration(
     widget.method_combo.setCurrentIndex(pos)
     widget.alpha_spin.setValue(alpha)
     widget.nu_spin.setValue(nu)
-    widget.k_spin.setValue(k)
+    if k is not None and "k" in widget.option_inputs[method]:
+        widget.set_option("k", k)
     widget.store_split_check.setChecked(True)
     widget.run()
     return widget
@@ -203,7 +209,7 @@ def run_demo(
     """
     import napari
 
-    from napari_conformal.cli import _progress_bar
+    from napari_conformal._terminal import progress_bar as _progress_bar
     from napari_conformal.demo_data import build_demo_store
 
     if dataset not in DEMO_DATASETS:
@@ -216,7 +222,7 @@ def run_demo(
     store_path = build_demo_store(dataset, progress=_progress_bar(f"building {dataset}", quiet=False))
     viewer = open_viewer(show=True)
     widget = dock_widget(viewer, CALIBRATION_DOCK)
-    _raise_dock(viewer, EXPLORER_DOCKS.get(method))
+    _raise_dock(viewer, explorer_for(method))
     if calibrate:
         start_demo_calibration(viewer, store_path, method=method)
     else:

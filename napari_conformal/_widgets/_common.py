@@ -40,50 +40,40 @@ if TYPE_CHECKING:
     import napari
 
 __all__ = [
-    "METHOD_COLOURS",
-    "METHOD_TITLES",
     "REDRAW_INTERVAL_MS",
     "ExplorerBase",
     "ImageChooser",
     "LevelSliders",
     "ResultLayers",
     "ViewerContext",
+    "colour",
     "context_for",
     "notify_error",
     "set_colormap",
+    "title",
 ]
 
 #: Minimum time between two redraws while a slider is dragged (the last value is always drawn).
 REDRAW_INTERVAL_MS = 40
 
-#: Display names of the methods in layer names and plots.
-METHOD_TITLES = {
-    "consign": "CONSIGN",
-    "rwcp": "RW-CP",
-    "crc": "CRC",
-    "consema": "Consema",
-    "aps": "APS",
-    "raps": "RAPS",
-    "lac": "LAC",
-    "sacp": "SACP",
-}
-
-#: One colour per method, for contours and plot lines.
-METHOD_COLOURS = {
-    "consign": "#ff7f0e",
-    "rwcp": "#ffd700",
-    "crc": "#00bfff",
-    "consema": "#ff4fa3",
-    "aps": "#2ca02c",
-    "raps": "#9467bd",
-    "lac": "#8c564b",
-    "sacp": "#17becf",
-}
-
-
 def title(name: str) -> str:
-    """Display name of a method."""
-    return METHOD_TITLES.get(name, name)
+    """Display name of a registered method (its class's ``title``)."""
+    from napari_conformal.core.methods.base import method_class
+
+    try:
+        return method_class(name).title or name
+    except ConformalError:
+        return name
+
+
+def colour(name: str) -> str:
+    """Colour of a registered method in contours and plots (its class's ``colour``)."""
+    from napari_conformal.core.methods.base import method_class
+
+    try:
+        return method_class(name).colour
+    except ConformalError:
+        return "#ffffff"
 
 
 def notify_error(exc: BaseException, status: QLabel | None = None) -> str:
@@ -621,7 +611,12 @@ class ExplorerBase(QWidget):
             def on_yield(step: Any) -> None:
                 if isinstance(step, tuple) and len(step) == 2:
                     done, total = step
-                    bar[0].total = total
+                    stage = getattr(step, "stage", None)
+                    if stage and stage != "images":
+                        bar[0].set_description(f"{description}: {stage}")
+                    if bar[0].total != total:
+                        bar[0].total = total
+                        bar[0].n = 0
                     bar[0].update(done - bar[0].n)
 
             connect(worker.yielded, on_yield)

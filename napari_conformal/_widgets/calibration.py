@@ -1,14 +1,13 @@
-"""Calibration dock: pick a store and a method, run calibration in a background worker.
+"""Calibration dock: pick a store and a method, run the calibration in a background worker, or load one.
 
 The widget only gathers inputs and draws results. The work is
-:func:`napari_conformal.api.iter_calibrate` (through
-:func:`napari_conformal.explore.calibrated.iter_calibrate_keeping_curves`, which
-also keeps the calibration curves), a generator that yields progress after each
-image; a napari thread worker drives it, so the UI never blocks and Cancel
-(``worker.quit()``) stops between two images with no partial result. The result
-is published into the viewer's shared workspace
-(:class:`napari_conformal.explore.workspace.Workspace`), where the explorer
-docks pick it up.
+:func:`napari_conformal.api.iter_calibrate`, the same generator the command line runs (so the dock
+and the CLI write the same ``CALIB.json``); a napari thread worker drives it, so the UI never
+blocks and Cancel (``worker.quit()``) stops between two steps with no partial result. The method's
+inputs are generated from its options spec (:class:`~napari_conformal.core.methods.base.Option`).
+*Load calibration…* reads a saved ``CALIB.json`` (:meth:`~napari_conformal.core.calibration.Calibration.load`)
+and opens its store. Either way the result is published into the viewer's shared workspace
+(:class:`napari_conformal.explore.workspace.Workspace`), where the explorer docks pick it up.
 """
 
 from __future__ import annotations
@@ -21,11 +20,13 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
+    QStackedWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -34,17 +35,6 @@ if TYPE_CHECKING:
     import napari
 
 __all__ = ["CalibrationWidget"]
-
-METHOD_LABELS = {
-    "consign": "CONSIGN (PCA box)",
-    "rwcp": "RW-CP (random walk)",
-    "crc": "Standard CRC",
-    "consema": "Consema (dilation)",
-    "aps": "Pixel-wise APS",
-    "raps": "Pixel-wise RAPS",
-    "lac": "Pixel-wise LAC",
-    "sacp": "SACP",
-}
 
 
 def _devices() -> list[str]:
@@ -57,13 +47,61 @@ def _devices() -> list[str]:
     return ["auto", "cpu"] + [f"cuda:{i}" for i in range(n)]
 
 
+def _option_input(opt: Any) -> QWidget:
+    """An input for one method option: spin boxes, a check box, a list, or a text field ('auto' when empty)."""
+    if opt.kind == "bool":
+        box = QCheckBox()
+        box.setChecked(bool(opt.default))
+        widget: QWidget = box
+    elif opt.kind == "choice":
+        combo = QComboBox()
+        combo.addItems(list(opt.choices))
+        combo.setCurrentText(str(opt.default))
+        widget = combo
+    elif opt.kind in ("int", "float") and not (opt.optional or opt.default is None):
+        if opt.kind == "int":
+            spin: Any = QSpinBox()
+            spin.setRange(int(opt.minimum if opt.minimum is not None else -(2**31)), int(opt.maximum if opt.maximum is not None else 2**31 - 1))
+        else:
+            spin = QDoubleSpinBox()
+            spin.setDecimals(4)
+            spin.setRange(float(opt.minimum if opt.minimum is not None else -1e9), float(opt.maximum if opt.maximum is not None else 1e9))
+        spin.setValue(opt.default)
+        widget = spin
+    else:  # optional numbers, text, JSON: empty means the automatic default
+        edit = QLineEdit()
+        edit.setPlaceholderText("auto" if opt.default is None else str(opt.default))
+        widget = edit
+    widget.setToolTip(opt.help)
+    return widget
+
+
+def _option_value(opt: Any, widget: QWidget) -> Any:
+    """The raw value of an option input (None for an empty text field: the option's default)."""
+    if isinstance(widget, QCheckBox):
+        return widget.isChecked()
+    if isinstance(widget, QComboBox):
+        return widget.currentText()
+    if isinstance(widget, QSpinBox | QDoubleSpinBox):
+        return widget.value()
+    text = widget.text().strip()  # type: ignore[attr-defined]
+    return text or None
+
+
 class CalibrationWidget(QWidget):
-    """Dock widget that calibrates a conformal method on a dataset store.
+    """Dock widget that calibrates a conformal method on a dataset store, or loads a saved calibration.
 
     Parameters
     ----------
     napari_viewer : napari.Viewer
         The viewer the results go to (injected by napari).
+
+    Attributes
+    ----------
+    calibration : Calibration or None
+        The last calibration run or loaded here.
+    option_inputs : dict
+        ``{method: {option name: input widget}}``, generated from each method's options spec.
     """
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
@@ -72,8 +110,9 @@ class CalibrationWidget(QWidget):
 
         self.viewer = napari_viewer
         self.worker: Any = None
-        self.calibration: dict[str, Any] | None = None
+        self.calibration: Any = None
         self._progress: Any = None
+        self._method_class = method_class
 
         self.store_edit = QLineEdit()
         self.store_edit.setPlaceholderText("path of a napari-conformal store (.zarr)")
@@ -88,30 +127,25 @@ class CalibrationWidget(QWidget):
         self.layer_store_combo.activated.connect(self._store_from_layers)
 
         self.method_combo = QComboBox()
+        self.option_stack = QStackedWidget()
+        self.option_inputs: dict[str, dict[str, QWidget]] = {}
         for name in available_methods():
-            self.method_combo.addItem(METHOD_LABELS.get(name, name), name)
-        self.alpha_spin = self._double(
-            0.001, 0.999, 0.1, 3, "risk level α: the set misses with probability ≤ α"
-        )
-        self.nu_spin = self._double(0.01, 0.999, 0.9, 3, "label-wise accuracy ν a member must reach")
-        self.k_spin = QSpinBox()
-        self.k_spin.setRange(1, 200)
-        self.k_spin.setValue(5)
-        self.k_spin.setToolTip("principal components K (CONSIGN) or graph neighbours k (RW-CP)")
-        # RW-CP graph and walk (SPEC §5): extractor, kernel scale β, steps; k is the K / k box above
-        from napari_conformal.core.rwcp.features import available_extractors
-
-        self.features_combo = QComboBox()
-        self.features_combo.addItems(available_extractors())
-        self.features_combo.setCurrentText("efficientnet-lite0")
-        self.features_combo.setToolTip("RW-CP image features that the kNN graph is built from")
-        self.model_dir_edit = QLineEdit()
-        self.model_dir_edit.setPlaceholderText("local Hugging Face folder (DINOv2 / DINOv3 only)")
-        self.beta_spin = self._double(0.0, 1000.0, 50.0, 1, "RW-CP kernel scale β of exp(−β·(1 − cos))")
-        self.steps_spin = QSpinBox()
-        self.steps_spin.setRange(0, 100)
-        self.steps_spin.setValue(10)
-        self.steps_spin.setToolTip("RW-CP random-walk steps")
+            cls = method_class(name)
+            self.method_combo.addItem(cls.title or name, name)
+            page = QWidget()
+            form = QFormLayout(page)
+            form.setContentsMargins(0, 0, 0, 0)
+            inputs = {}
+            for opt in cls.options:
+                widget = _option_input(opt)
+                inputs[opt.name] = widget
+                form.addRow(opt.display, widget)
+            if not cls.options:
+                form.addRow(QLabel("no options"))
+            self.option_inputs[name] = inputs
+            self.option_stack.addWidget(page)
+        self.alpha_spin = self._double(0.001, 0.999, 0.1, 3, "risk level α: the set misses with probability ≤ α")
+        self.nu_spin = self._double(0.0, 0.999, 0.9, 3, "label-wise accuracy ν a member must exceed")
         self.fraction_spin = self._double(0.05, 0.95, 0.5, 2, "fraction of images used for calibration")
         self.store_split_check = QCheckBox("use the store's own split when it has one")
         self.store_split_check.setChecked(True)
@@ -124,7 +158,10 @@ class CalibrationWidget(QWidget):
         self.device_combo.addItems(_devices())
         self.run_button = QPushButton("Run calibration")
         self.run_button.clicked.connect(self._run_or_cancel)
-        self.status = QLabel("Choose a store and press Run.")
+        self.load_button = QPushButton("Load calibration…")
+        self.load_button.setToolTip("open a saved CALIB.json (and its store) instead of calibrating again")
+        self.load_button.clicked.connect(self._load_dialog)
+        self.status = QLabel("Choose a store and press Run, or load a saved calibration.")
         self.status.setWordWrap(True)
 
         form = QFormLayout()
@@ -133,24 +170,26 @@ class CalibrationWidget(QWidget):
         form.addRow("Method", self.method_combo)
         form.addRow("α", self.alpha_spin)
         form.addRow("ν", self.nu_spin)
-        form.addRow("K / k", self.k_spin)
-        form.addRow("Features", self.features_combo)
-        form.addRow("Model folder", self.model_dir_edit)
-        form.addRow("β", self.beta_spin)
-        form.addRow("Steps", self.steps_spin)
-        form.addRow("Calibration fraction", self.fraction_spin)
-        form.addRow("", self.store_split_check)
-        form.addRow("Split seed", self.seed_spin)
-        form.addRow("Device", self.device_combo)
+        options_box = QGroupBox("Method options")
+        box_layout = QVBoxLayout(options_box)
+        box_layout.addWidget(self.option_stack)
+        split = QFormLayout()
+        split.addRow("Calibration fraction", self.fraction_spin)
+        split.addRow("", self.store_split_check)
+        split.addRow("Split seed", self.seed_spin)
+        split.addRow("Device", self.device_combo)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.load_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addWidget(self.run_button)
+        layout.addWidget(options_box)
+        layout.addLayout(split)
+        layout.addLayout(buttons)
         layout.addWidget(self.status)
         layout.addStretch(1)
 
-        self._method_class = method_class
         self.method_combo.currentIndexChanged.connect(self._method_changed)
-        self.features_combo.currentIndexChanged.connect(self._method_changed)
         self._method_changed()
         self.viewer.layers.events.inserted.connect(self._refresh_layer_stores)
         self.viewer.layers.events.removed.connect(self._refresh_layer_stores)
@@ -175,27 +214,40 @@ class CalibrationWidget(QWidget):
             self.method_combo,
             self.alpha_spin,
             self.nu_spin,
-            self.k_spin,
-            self.features_combo,
-            self.model_dir_edit,
-            self.beta_spin,
-            self.steps_spin,
+            self.option_stack,
             self.fraction_spin,
             self.store_split_check,
             self.seed_spin,
             self.device_combo,
+            self.load_button,
         ]
+
+    @property
+    def method_name(self) -> str:
+        """The chosen method's registered name."""
+        return str(self.method_combo.currentData())
+
+    def option_input(self, name: str, method: str | None = None) -> QWidget:
+        """The input of option ``name`` of ``method`` (default: the chosen one)."""
+        return self.option_inputs[method or self.method_name][name]
+
+    def set_option(self, name: str, value: Any, method: str | None = None) -> None:
+        """Fill in option ``name`` as a user would (tests, the demo)."""
+        widget = self.option_input(name, method)
+        if isinstance(widget, QCheckBox):
+            widget.setChecked(bool(value))
+        elif isinstance(widget, QComboBox):
+            widget.setCurrentText(str(value))
+        elif isinstance(widget, QSpinBox | QDoubleSpinBox):
+            widget.setValue(value)
+        else:
+            widget.setText("" if value is None else str(value))  # type: ignore[attr-defined]
 
     def _method_changed(self) -> None:
         if self.method_combo.currentData() is None:
             return
-        method = self._method_class(self.method_combo.currentData())
-        self.nu_spin.setEnabled(method.uses_nu)
-        is_rwcp = self.method_combo.currentData() == "rwcp"
-        self.k_spin.setEnabled(method.uses_k or is_rwcp)
-        for widget in (self.features_combo, self.beta_spin, self.steps_spin):
-            widget.setEnabled(is_rwcp)
-        self.model_dir_edit.setEnabled(is_rwcp and self.features_combo.currentText().startswith("dino"))
+        self.option_stack.setCurrentIndex(self.method_combo.currentIndex())
+        self.nu_spin.setEnabled(self._method_class(self.method_name).uses_nu)
 
     def layer_stores(self) -> list[tuple[str, str]]:
         """``(layer name, store path)`` of the first layer of each store the viewer shows, in layer order.
@@ -246,77 +298,81 @@ class CalibrationWidget(QWidget):
             self.run()
 
     def request(self) -> dict[str, Any]:
-        """The calibration request the inputs describe (no I/O)."""
-        name = self.method_combo.currentData()
-        method = self._method_class(name)
-        params: dict[str, Any] = {}
-        if self.device_combo.currentText() != "auto":
-            params["device"] = self.device_combo.currentText()
-        if name == "rwcp":
-            params.update(
-                features=self.features_combo.currentText(),
-                rw_beta=float(self.beta_spin.value()),
-                n_step=int(self.steps_spin.value()),
-            )
-            if self.model_dir_edit.isEnabled() and self.model_dir_edit.text().strip():
-                params["model_dir"] = self.model_dir_edit.text().strip()
+        """The calibration request the inputs describe (no I/O).
+
+        Raises
+        ------
+        ParameterError
+            An option input holds a value the method's spec refuses (the message names it).
+        """
+        name = self.method_name
+        cls = self._method_class(name)
+        options = {}
+        for opt in cls.options:
+            raw = _option_value(opt, self.option_inputs[name][opt.name])
+            value = opt.parse(raw, name)
+            if value != opt.default:
+                options[opt.name] = value
+        device = self.device_combo.currentText()
         return {
             "store": self.store_edit.text().strip(),
             "method": name,
             "alpha": float(self.alpha_spin.value()),
-            "nu": float(self.nu_spin.value()) if method.uses_nu else None,
-            "k": int(self.k_spin.value()) if self.k_spin.isEnabled() else None,
+            "nu": float(self.nu_spin.value()) if cls.uses_nu else None,
             "fraction": float(self.fraction_spin.value()),
             "seed": int(self.seed_spin.value()),
             "store_split": bool(self.store_split_check.isChecked()),
-            "params": params,
+            "device": None if device == "auto" else device,
+            "options": options,
         }
 
     def run(self) -> None:
-        """Validate the inputs and start calibration in a background worker."""
+        """Validate the inputs and start the calibration in a background worker."""
         from napari.qt.threading import thread_worker
         from napari.utils import progress
 
+        from napari_conformal.api import iter_calibrate
         from napari_conformal.errors import ConformalError
-        from napari_conformal.explore.calibrated import iter_calibrate_keeping_curves
         from napari_conformal.io.indices import random_split, recorded_split
         from napari_conformal.io.store import open_store
 
-        req = self.request()
         try:
+            req = self.request()
             if not req["store"]:
                 raise ConformalError("choose a store first")
             store = open_store(req["store"], mode="r")
             split = recorded_split(store) if req["store_split"] else None
+            seed = None if split else req["seed"]
             cal, test = split or random_split(store.n_images, req["fraction"], req["seed"])
+            method = self._method_class(req["method"])
+            method(**req["options"]).check_levels(req["alpha"], req["nu"])  # fail here, not in the worker
         except (ConformalError, OSError) as exc:
             self._error(exc)
             return
-        gen_fn = thread_worker(  # errors: see _error
-            iter_calibrate_keeping_curves, start_thread=False, ignore_errors=True
-        )
+        gen_fn = thread_worker(iter_calibrate, start_thread=False, ignore_errors=True)  # errors: see _error
         worker = gen_fn(
             store,
             req["method"],
             alpha=req["alpha"],
             nu=req["nu"],
-            k=req["k"],
             cal_indices=cal,
-            params=req["params"],
+            device=req["device"],
+            split_seed=seed,
+            **req["options"],
         )
-        self._progress = progress(total=len(cal), desc=f"Calibrating {req['method']}")
+        self._progress = progress(total=len(cal), desc=f"Calibrating {method.title or req['method']}")
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda calibrated: self._on_done(calibrated, store, test))
+        worker.returned.connect(lambda calibration: self._on_done(calibration, store, test))
         worker.errored.connect(self._error)
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._set_busy(True)
-        self.status.setText(f"Calibrating {req['method']} on {len(cal)} images…")
+        self.status.setText(f"Calibrating {method.title or req['method']} on {len(cal)} images…")
         worker.start()
 
     def cancel(self) -> None:
-        """Stop the running calibration; it ends between two images with no result."""
+        """Stop the running calibration; it ends between two steps with no result."""
         if self.worker is not None:
             self.status.setText("Cancelling…")
             self.worker.quit()
@@ -330,51 +386,59 @@ class CalibrationWidget(QWidget):
         self.run_button.setText("Cancel" if busy else "Run calibration")
 
     def _on_progress(self, step: tuple[int, int]) -> None:
-        done, _total = step
-        if self._progress is not None:
-            self._progress.update(done - self._progress.n)
+        done, total = step[0], step[1]
+        bar = self._progress
+        if bar is None:
+            return
+        stage = getattr(step, "stage", "images")
+        if bar.total != total:
+            bar.total = total
+            bar.n = 0
+        if stage != "images":
+            bar.set_description(f"Calibrating: {stage}")
+        bar.update(done - bar.n)
 
-    def _on_done(self, calibrated: Any, store: Any, test: list[int]) -> None:
+    def _on_done(self, calibration: Any, store: Any, test: list[int]) -> None:
+        self.calibration = calibration
+        self._publish(calibration, store, test)
+
+    def _publish(self, calibration: Any, store: Any, test: list[int] | None) -> None:
         from napari_conformal._widgets._common import context_for
 
-        record = calibrated.record
-        self.calibration = record
-        levels = f"α = {record['alpha']}" + ("" if record["nu"] is None else f", ν = {record['nu']}")
-        self.status.setText(
-            f"{record['method']}: λ̂ = {record['lambda_hat']:.5g} from n = {record['n']} images "
-            f"({levels}); {len(test)} test images."
-        )
+        method = calibration.method_object
+        levels = f"α = {calibration.alpha:g}" + ("" if calibration.nu is None else f", ν = {calibration.nu:g}")
         workspace = context_for(self.viewer).workspace
-        if record["method"] == "rwcp":  # a later RW-CP companion uses the same graph settings
-            workspace.companion_params["rwcp"] = {
-                key: v for key, v in (record.get("params") or {}).items() if key != "device"
-            }
-        session = workspace.publish(store, calibrated, test)
-        if test:
-            self._show_test_image(session, test[0])
+        session = workspace.publish(store, calibration, test)
+        n_test = len(workspace.test_indices)
+        self.status.setText(
+            f"{method.title}: {method.lambda_name} = {calibration.lambda_hat:.5g} from n = {calibration.n} images "
+            f"({levels}); {n_test} test images. {calibration.guarantee()}"
+        )
+        if workspace.test_indices:
+            self._show_test_image(session, workspace.test_indices[0])
 
     def _show_test_image(self, session: Any, index: int) -> None:
         """Show image ``index`` and (for single-mask methods) its set in the plugin's shared layers."""
         import numpy as np
 
-        from napari_conformal._widgets._common import METHOD_COLOURS, context_for
+        from napari_conformal._widgets._common import colour, context_for
 
         context = context_for(self.viewer)
-        record = session.record
-        result = session.predict(index, record["lambda_hat"])
+        calibration = session.calibration
+        result = session.predict(index, calibration.lambda_hat, calibration.alpha, calibration.nu)
         context.show_image(index)
         if isinstance(result, np.ndarray) and result.shape == session.store.spatial_shape:
             meta = session.provenance(
-                alpha=record["alpha"], nu=record["nu"], lambda_hat=record["lambda_hat"], index=index
+                alpha=calibration.alpha, nu=calibration.nu, lambda_hat=calibration.lambda_hat, index=index
             )
             context.layers.show(
-                f"set:{record['method']}",
+                f"set:{calibration.method}",
                 "labels",
                 result.astype(np.uint8),
-                name=f"{record['method']} set α={record['alpha']} (image {index})",
+                name=f"{session.title} set α={calibration.alpha:g} (image {index})",
                 metadata={"napari_conformal": meta},
                 scale=session.store.spacing,
-                colour=METHOD_COLOURS.get(record["method"]),
+                colour=colour(calibration.method),
                 opacity=0.5,
             )
 
@@ -394,3 +458,48 @@ class CalibrationWidget(QWidget):
         message = " ".join(str(exc).split()) or type(exc).__name__
         self.status.setText(f"Error: {message}")
         show_error(f"napari-conformal: {message}")
+
+    # -- loading -------------------------------------------------------------------------------------
+
+    def _load_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load a calibration", "", "Calibration (*.json)")
+        if path:
+            self.load_calibration(path)
+
+    def load_calibration(self, path: str) -> bool:
+        """Load a saved ``CALIB.json`` and publish it, with its store.
+
+        The store is the one the file names, or the one in the Store field when the file's path is
+        gone (e.g. moved); its content identity must match the file's. Errors become a notification
+        and change nothing.
+
+        Returns
+        -------
+        bool
+            Whether the calibration was loaded.
+        """
+        from pathlib import Path
+
+        from napari_conformal.core.calibration import Calibration
+        from napari_conformal.errors import ConformalError
+        from napari_conformal.io.store import open_store
+
+        try:
+            calibration = Calibration.load(path)
+            candidates = [calibration.store.path, self.store_edit.text().strip()]
+            where = next((c for c in candidates if c and Path(c).is_dir()), None)
+            if where is None:
+                raise ConformalError(
+                    f"the store of {Path(path).name} ({calibration.store.path}) is not there; put its path in the "
+                    "Store field and load again"
+                )
+            store = open_store(where, mode="r")
+            if store.identity() != calibration.store.identity:
+                raise ConformalError(f"{where} is not the store {Path(path).name} was calibrated on (its content differs)")
+        except (ConformalError, OSError) as exc:
+            self._error(exc)
+            return False
+        self.store_edit.setText(str(store.path))
+        self.calibration = calibration
+        self._publish(calibration, store, None)
+        return True

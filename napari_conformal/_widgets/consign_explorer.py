@@ -70,10 +70,11 @@ class ConsignExplorer(ExplorerBase):
         The coefficient vector of the member drawn from the sliders.
     """
 
-    method_name = "consign"
-
     def __init__(self, napari_viewer: napari.Viewer) -> None:
+        from napari_conformal.core.methods.base import methods_drawing
+
         super().__init__(napari_viewer)
+        self.method_name = methods_drawing("directions")[0]
         layout = self.base_layout()
         self.levels = LevelSliders(self.workspace, with_nu=True)
         layout.addWidget(self.levels)
@@ -113,7 +114,7 @@ class ConsignExplorer(ExplorerBase):
         row.addWidget(self.draw_button)
         row.addWidget(self.live_members)
         layout.addLayout(row)
-        self.calibrate_button = QPushButton("Calibrate CONSIGN on this split")
+        self.calibrate_button = QPushButton("Calibrate on this split")
         self.calibrate_button.setToolTip(
             "calibrate CONSIGN (K = 5) on the calibration images of the last calibration"
         )
@@ -208,11 +209,11 @@ class ConsignExplorer(ExplorerBase):
             self.workspace.session_updated(self.method_name)
 
         worker = self.start_worker(
-            session.iter_search,
+            session.iter_extend,
             alpha,
             nu,
             on_done=done,
-            description=f"CONSIGN: coverage search at α = {alpha:.3g}",
+            description=f"{title(self.method_name)}: coverage search at α = {alpha:.3g}",
         )
 
         def finished() -> None:
@@ -225,7 +226,7 @@ class ConsignExplorer(ExplorerBase):
 
     def redraw(self, dirty: set[str]) -> None:
         """Update the member, regions, directions and members from the workspace and the sliders."""
-        from napari_conformal.explore.consign_session import CurvesPending
+        from napari_conformal.explore.session import LevelsPending
 
         ws = self.workspace
         if not ws.ready or ws.index is None:
@@ -245,7 +246,7 @@ class ConsignExplorer(ExplorerBase):
             return
         try:
             lam = session.lambda_hat(ws.alpha, ws.nu)
-        except CurvesPending:
+        except LevelsPending:
             self._start_search(session, ws.alpha, ws.nu)
             self.status.setText(
                 f"CONSIGN: computing λ̂ for α = {ws.alpha:.3g}, ν = {ws.nu:.3g} (coverage search of the "
@@ -255,7 +256,7 @@ class ConsignExplorer(ExplorerBase):
         except ConformalError as exc:
             self.status.setText(f"CONSIGN: {' '.join(str(exc).split())}")
             return
-        the_set = session.consign_set(index, ws.alpha, lam)
+        the_set = session.predict(index, lam, ws.alpha, ws.nu)
         key = (index, ws.alpha, ws.nu, lam)
         set_changed = key != self._shown
         lo, hi = the_set.bounds()

@@ -27,7 +27,7 @@ import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSizePolicy
 
-from napari_conformal._widgets._common import METHOD_COLOURS, ExplorerBase, title
+from napari_conformal._widgets._common import ExplorerBase, colour, title
 from napari_conformal.errors import ConformalError
 
 if TYPE_CHECKING:
@@ -195,11 +195,14 @@ class MetricsPanel(ExplorerBase):
                 lam = session.lambda_hat(alpha, nu if session.uses_nu else None)
             except ConformalError:
                 continue
-            method = session.method_at(alpha, nu)
+            method = session.method
+            a, v = session.levels(alpha, nu)
             out[name] = method.evaluate(
                 session.prepared(index),
                 session.store.label(index),
                 lam,
+                alpha=a,
+                nu=v,
                 spacing=session.store.spacing,
                 n_samples=list(ns) if method.samples_members else [],
                 seed=index,
@@ -290,13 +293,17 @@ class MetricsPanel(ExplorerBase):
                 self._lambda_cache[lkey] = lambda_curve(session, ALPHA_GRID, nu)
             data["lambda"][name] = (ALPHA_GRID, self._lambda_cache[lkey])
             curves = self.test_curves.get(name)
-            if curves:
+            if curves is not None:
                 from napari_conformal.explore.evaluation import coverage_curve
 
-                ckey = (name, id(session), session.version, nu, id(curves), len(curves))
-                if ckey not in self._coverage_cache:
-                    self._coverage_cache[ckey] = coverage_curve(session, curves, ALPHA_GRID, nu)
-                data["coverage"][name] = (1.0 - ALPHA_GRID, self._coverage_cache[ckey])
+                if curves:  # per-image test curves answer every α: cache the whole curve
+                    ckey = (name, id(session), session.version, nu, id(curves), len(curves))
+                    if ckey not in self._coverage_cache:
+                        self._coverage_cache[ckey] = coverage_curve(session, curves, ALPHA_GRID, nu)
+                    data["coverage"][name] = (1.0 - ALPHA_GRID, self._coverage_cache[ckey])
+                else:  # batched-search methods: the levels evaluated so far (memo reads)
+                    values = coverage_curve(session, {}, ALPHA_GRID, nu, ws.test_indices)
+                    data["coverage"][name] = (1.0 - ALPHA_GRID, values)
         key = self._image_key()
         if key in self._image_results:
             data["image"] = self._image_results[key]
@@ -360,14 +367,14 @@ class MetricsPanel(ExplorerBase):
 
         ax = self.axes["lambda"]
         for name, (x, y) in data.get("lambda", {}).items():
-            if name == "consema":
+            if ws.session(name) is not None and ws.session(name).method.lambda_is_count:
                 if self._twin is None:
                     self._twin = ax.twinx()
                     apply_napari_theme(self.figure, [self._twin], self.viewer.theme)
                     self._twin.set_ylabel("q̂ (dilations)", fontsize=7)
-                self._twin.step(x, y, where="post", color=METHOD_COLOURS.get(name), label=title(name), lw=1.2)
+                self._twin.step(x, y, where="post", color=colour(name), label=title(name), lw=1.2)
             else:
-                ax.plot(x, y, color=METHOD_COLOURS.get(name), label=title(name), lw=1.2, marker="o", ms=2)
+                ax.plot(x, y, color=colour(name), label=title(name), lw=1.2, marker="o", ms=2)
         ax.axvline(alpha, color=c["accent"], lw=1, ls="--")
         ax.set_title("λ̂ against α", fontsize=8)
         ax.set_xlabel("α", fontsize=7)
@@ -376,7 +383,7 @@ class MetricsPanel(ExplorerBase):
         ax = self.axes["coverage"]
         ax.plot([0.5, 1.0], [0.5, 1.0], color=c["grid"], lw=1, ls=":", label="1 − α")
         for name, (x, y) in data.get("coverage", {}).items():
-            ax.plot(x, y, color=METHOD_COLOURS.get(name), label=title(name), lw=1.2, marker="o", ms=2)
+            ax.plot(x, y, color=colour(name), label=title(name), lw=1.2, marker="o", ms=2)
         ax.axvline(1 - alpha, color=c["accent"], lw=1, ls="--")
         ax.set_title("test coverage against 1 − α", fontsize=8)
         ax.set_xlabel("1 − α", fontsize=7)
@@ -411,7 +418,7 @@ class MetricsPanel(ExplorerBase):
                     [metrics["chao1"][str(n)] for n in ns],
                     marker="o",
                     ms=3,
-                    color=METHOD_COLOURS.get(name),
+                    color=colour(name),
                     label=title(name),
                     lw=1.2,
                 )
@@ -427,7 +434,7 @@ class MetricsPanel(ExplorerBase):
                     [mean["sec"][str(n)] for n in ns],
                     marker="o",
                     ms=3,
-                    color=METHOD_COLOURS.get(name),
+                    color=colour(name),
                     label=f"SEC {title(name)}",
                     lw=1.2,
                 )
@@ -440,7 +447,7 @@ class MetricsPanel(ExplorerBase):
                     ls="--",
                     marker="s",
                     ms=3,
-                    color=METHOD_COLOURS.get(name),
+                    color=colour(name),
                     label=f"corr. {title(name)}",
                     lw=1,
                 )
@@ -481,7 +488,7 @@ class MetricsPanel(ExplorerBase):
             pos = x + (j - (len(names) - 1) / 2) * width
             row = results.get(name, {})
             values = [float(row[k]) if _finite(row.get(k)) else 0.0 for k in present]
-            ax.bar(pos, values, width, color=METHOD_COLOURS.get(name), label=title(name))
+            ax.bar(pos, values, width, color=colour(name), label=title(name))
             means = test.get(name, {})
             marks = [(p, float(means[k])) for p, k in zip(pos, present, strict=True) if _finite(means.get(k))]
             if marks:

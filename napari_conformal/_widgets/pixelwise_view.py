@@ -21,10 +21,14 @@ from napari_conformal.errors import ConformalError
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["PIXELWISE_METHODS", "PixelwiseView"]
+__all__ = ["PixelwiseView", "pixelwise_methods"]
 
-#: Methods this view shows (all have per-pixel label sets and relaxed ν-membership).
-PIXELWISE_METHODS = ("aps", "raps", "lac", "sacp")
+
+def pixelwise_methods() -> list[str]:
+    """The methods this view shows: those that draw a per-pixel set-size map."""
+    from napari_conformal.core.methods.base import methods_drawing
+
+    return methods_drawing("set_size")
 
 
 class PixelwiseView(ExplorerBase):
@@ -40,7 +44,7 @@ class PixelwiseView(ExplorerBase):
         super().__init__(napari_viewer)
         layout = self.base_layout()
         self.method_combo = QComboBox()
-        for name in PIXELWISE_METHODS:
+        for name in pixelwise_methods():
             self.method_combo.addItem(title(name), name)
         self.method_combo.setToolTip(
             "pixel-wise method; calibrated on the same calibration images when not calibrated yet"
@@ -90,7 +94,7 @@ class PixelwiseView(ExplorerBase):
     def _on_session_added(self, name: Any) -> None:
         # follow a freshly published pixel-wise calibration
         primary = self.workspace.primary
-        if name is not None and name == primary and primary in PIXELWISE_METHODS:
+        if name is not None and name == primary and primary in pixelwise_methods():
             pos = self.method_combo.findData(primary)
             if pos >= 0 and pos != self.method_combo.currentIndex():
                 self.method_combo.blockSignals(True)
@@ -131,7 +135,7 @@ class PixelwiseView(ExplorerBase):
         except ConformalError as exc:
             self.status.setText(f"{title(name)}: {' '.join(str(exc).split())}")
             return
-        for other in PIXELWISE_METHODS:  # one method at a time
+        for other in pixelwise_methods():  # one method at a time
             if other != name:
                 self.layers.remove(f"size:{other}")
                 self.layers.remove(f"members:{other}")
@@ -152,7 +156,8 @@ class PixelwiseView(ExplorerBase):
             blending="additive",
         )
         text = (
-            f"{title(name)}: λ̂ = {lam:.4g} (n = {session.n}, α = {ws.alpha:.3g}, ν = {ws.nu:.3g}); "
+            f"{title(name)}: λ̂ = {lam:.4g} (n = {session.n}, α = {ws.alpha:.3g}, ν = {ws.nu:.3g}). "
+            f"{session.method.guarantee(ws.alpha, ws.nu)} "
             f"mean set size {float(sizes.mean()):.3g} of {n_labels} labels; "
             f"log10 #segmentations = {float(np.log10(sizes).sum()):.4g}"
         )

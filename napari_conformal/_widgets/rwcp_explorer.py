@@ -17,7 +17,7 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QPushButton
 
-from napari_conformal._widgets._common import METHOD_COLOURS, ExplorerBase, LevelSliders, title
+from napari_conformal._widgets._common import ExplorerBase, LevelSliders, colour, title
 from napari_conformal.errors import ConformalError
 
 if TYPE_CHECKING:
@@ -25,7 +25,20 @@ if TYPE_CHECKING:
 
 __all__ = ["RWCPExplorer"]
 
-COMPANIONS = ("crc", "consema")
+
+
+def _primary() -> str:
+    """The method this explorer is about: the one that draws the diffusion steps."""
+    from napari_conformal.core.methods.base import methods_drawing
+
+    return methods_drawing("diffusion")[0]
+
+
+def _companions() -> tuple[str, ...]:
+    """The other methods drawn as a set contour beside it (calibrated on the same images)."""
+    from napari_conformal.core.methods.base import methods_drawing
+
+    return tuple(n for n in methods_drawing("contour") if n != _primary())
 
 
 class RWCPExplorer(ExplorerBase):
@@ -37,10 +50,10 @@ class RWCPExplorer(ExplorerBase):
         Injected by napari.
     """
 
-    method_name = "rwcp"
-
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer)
+        self.method_name = _primary()
+        self.companions = _companions()
         from superqt import QLabeledSlider
 
         layout = self.base_layout()
@@ -58,7 +71,7 @@ class RWCPExplorer(ExplorerBase):
         layout.addLayout(form)
         self.compare = {}
         row = QHBoxLayout()
-        for name in COMPANIONS:
+        for name in self.companions:
             box = QCheckBox(f"{title(name)} contour")
             box.setChecked(True)
             box.setToolTip(f"draw the {title(name)} set calibrated on the same images at the same α")
@@ -66,7 +79,7 @@ class RWCPExplorer(ExplorerBase):
             self.compare[name] = box
             row.addWidget(box)
         layout.addLayout(row)
-        self.calibrate_button = QPushButton("Calibrate RW-CP on this split")
+        self.calibrate_button = QPushButton(f"Calibrate {title(self.method_name)} on this split")
         self.calibrate_button.setToolTip(
             "calibrate RW-CP on the calibration images of the last calibration (features, graph, walk)"
         )
@@ -102,7 +115,7 @@ class RWCPExplorer(ExplorerBase):
         messages: list[str] = []
         if session is None:
             messages.append(
-                "RW-CP is not calibrated on this split: press “Calibrate RW-CP on this split”"
+                f"{title(self.method_name)} is not calibrated on this split: press the button below"
                 + (" (running…)" if self.is_calibrating(self.method_name) else "")
             )
         else:
@@ -117,7 +130,7 @@ class RWCPExplorer(ExplorerBase):
                 if dirty != {"step"}:
                     messages.append(self._draw_set(self.method_name, prepared, index))
         if dirty != {"step"}:
-            for name in COMPANIONS:
+            for name in self.companions:
                 if not self.compare[name].isChecked():
                     self.layers.remove(f"set:{name}")
                     continue
@@ -166,7 +179,7 @@ class RWCPExplorer(ExplorerBase):
             lam = session.lambda_hat(ws.alpha)
         except ConformalError as exc:
             return f"{title(name)}: {' '.join(str(exc).split())}"
-        mask = np.asarray(session.method.predict(prepared, lam)).astype(np.uint8)
+        mask = np.asarray(session.method.predict(prepared, lam, alpha=ws.alpha)).astype(np.uint8)
         meta = {"napari_conformal": session.provenance(alpha=ws.alpha, nu=None, lambda_hat=lam, index=index)}
         self.layers.show(
             f"set:{name}",
@@ -176,13 +189,16 @@ class RWCPExplorer(ExplorerBase):
             metadata=meta,
             scale=ws.store.spacing,
             contour=True,
-            colour=METHOD_COLOURS[name],
+            colour=colour(name),
             opacity=1.0,
         )
-        if name == "consema":  # τ is fixed by its calibration; α moves the quantile
-            return f"Consema: q̂ = {lam:.0f} dilations (n = {session.n}, α = {ws.alpha:.3g}, τ = {session.method.tau:.3g})"
-        return f"{title(name)}: λ̂ = {lam:.4g} (n = {session.n}, α = {ws.alpha:.3g})"
+        method = session.method
+        value = f"{lam:.0f}" if method.lambda_is_count else f"{lam:.4g}"
+        return (
+            f"{title(name)}: {method.lambda_name} = {value} (n = {session.n}, α = {ws.alpha:.3g}). "
+            f"{method.guarantee(ws.alpha)}"
+        )
 
     def export_keys(self) -> list[str]:
         """The RW-CP, CRC and Consema sets and the S⁽ᵗ⁾ map."""
-        return ["set:rwcp", *(f"set:{n}" for n in COMPANIONS), "rwcp:step"]
+        return [f"set:{self.method_name}", *(f"set:{n}" for n in self.companions), "rwcp:step"]

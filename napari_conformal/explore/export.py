@@ -52,7 +52,7 @@ class ExportItem:
 def export_results(
     folder: str | os.PathLike[str],
     items: Sequence[ExportItem],
-    records: Mapping[str, Mapping[str, Any]] | None = None,
+    records: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Write layers (``.npz`` with provenance) and calibration records (``CALIB_<name>.json``).
 
@@ -62,8 +62,8 @@ def export_results(
         An existing directory.
     items : sequence of ExportItem
         Layers; file names come from the layer names (made unique).
-    records : mapping name -> record, optional
-        Calibration records, written as ``CALIB_<name>.json``.
+    records : mapping name -> Calibration, optional
+        Calibrations, written as ``CALIB_<name>.json``.
 
     Returns
     -------

@@ -1,48 +1,56 @@
-"""One calibrated method on one store: cached prepared images, λ̂(α, ν) from cached curves.
+"""One calibrated method on one dataset: cached prepared images, λ̂(α, ν) from the calibration's curves.
 
-The split between expensive and cheap work follows the method interface
+The split between expensive and cheap work follows the method protocol
 (:mod:`napari_conformal.core.methods.base`):
 
-* ``prepare`` of an image (features, diffusion, PCA, …) is computed once per
-  image, on demand, and kept in a least-recently-used cache bounded in bytes
-  (:meth:`MethodSession.prepared`); a background thread calls it, the UI thread
-  only reads what is cached.
-* λ̂ for another (α, ν) is an exact reduction over the calibration curves kept
-  from the calibration (:meth:`MethodSession.lambda_hat`), memoised.
-* the set at λ̂ (:meth:`MethodSession.predict`) is the cheap step a slider
-  re-runs.
+* ``prepare`` of an image (features, diffusion, PCA, …) runs once per image, on demand, and is kept in
+  a least-recently-used cache bounded in bytes (:meth:`MethodSession.prepared`); a background
+  thread calls it, the UI thread only reads what is cached;
+* λ̂ at another (α, ν) is a re-reduction of the calibration's curves
+  (:meth:`~napari_conformal.core.calibration.Calibration.lambda_at`), memoised;
+* where the curves cannot answer (CONSIGN at another α's box), :meth:`MethodSession.iter_extend` runs
+  the method's batch hook once in a worker and replaces the session's calibration by the extended one,
+  so moving α back is a read;
+* the set at λ̂ (:meth:`MethodSession.predict`) is the cheap step a slider re-runs.
+
+No method name is compared anywhere: everything a view needs comes from the method object.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from napari_conformal.explore.calibrated import CalibratedMethod
+from napari_conformal.core.calibration import Calibration
+from napari_conformal.core.progress import Step
+from napari_conformal.errors import ConformalError
 
-__all__ = ["DEFAULT_CACHE_BYTES", "MethodSession", "approximate_nbytes", "make_session"]
+__all__ = ["DEFAULT_CACHE_BYTES", "LevelsPending", "MethodSession", "approximate_nbytes"]
 
 #: Default memory budget of the prepared-image cache of one session.
 DEFAULT_CACHE_BYTES = 1 << 30
 _MEMO_SIZE = 512
 
 
+class LevelsPending(ConformalError):
+    """λ̂ at these levels needs per-image work that has not run yet (see :meth:`MethodSession.iter_extend`)."""
+
+
 def approximate_nbytes(obj: Any, _depth: int = 0) -> int:
     """Bytes held by the arrays and tensors inside ``obj`` (dataclasses, dicts, sequences; 3 levels).
 
-    Used only to bound the prepared-image cache, so it counts numpy arrays,
-    torch tensors and objects with an ``nbytes`` attribute, and ignores the rest.
+    Used only to bound the prepared-image cache, so it counts numpy arrays, torch tensors and objects
+    with an ``nbytes`` attribute, and ignores the rest.
     """
     if _depth > 3 or obj is None:
         return 0
     nbytes = getattr(obj, "nbytes", None)
-    if isinstance(nbytes, (int, np.integer)):
+    if isinstance(nbytes, int | np.integer):
         return int(nbytes)
     if hasattr(obj, "element_size") and hasattr(obj, "nelement"):  # torch.Tensor
         return int(obj.element_size() * obj.nelement())
@@ -50,123 +58,138 @@ def approximate_nbytes(obj: Any, _depth: int = 0) -> int:
         return sum(approximate_nbytes(getattr(obj, f.name), _depth + 1) for f in dataclasses.fields(obj))
     if isinstance(obj, Mapping):
         return sum(approximate_nbytes(v, _depth + 1) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, list | tuple):
         return sum(approximate_nbytes(v, _depth + 1) for v in obj)
     return 0
 
 
 class MethodSession:
-    """A calibrated method, bound to the store it was calibrated on.
+    """A calibrated method bound to the data it was calibrated on.
 
     Parameters
     ----------
-    calibrated : CalibratedMethod
-        Record, method and calibration curves.
-    store : DatasetStore
-        The store (``store.image(i)``, ``store.samples(i)``, ``store.label(i)``).
+    calibration : Calibration
+        The calibration (its method object is reused).
+    data : DatasetStore or ArrayDataset
+        The data (``image(i)``, ``samples(i)``, ``label(i)``).
     cache_bytes : int
-        Memory budget of the prepared-image cache; the most recently used
-        image is always kept, even when it alone exceeds the budget.
+        Memory budget of the prepared-image cache; the most recently used image is always kept.
 
     Notes
     -----
-    :meth:`prepared`, :meth:`lambda_hat` and :meth:`test_curve` may be called
-    from worker threads; they share a lock for their caches (the computation
-    itself runs outside the lock).
+    :meth:`prepared`, :meth:`lambda_hat`, :meth:`iter_extend` and :meth:`iter_realised` may be called
+    from worker threads; they share a lock for their caches (the computation runs outside it).
     """
 
-    def __init__(self, calibrated: CalibratedMethod, store: Any, *, cache_bytes: int = DEFAULT_CACHE_BYTES):
-        self.calibrated = calibrated
-        self.store = store
+    def __init__(self, calibration: Calibration, data: Any, *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.calibration = calibration
+        self.store = data
         self.cache_bytes = int(cache_bytes)
         self._lock = threading.RLock()
         self._prepared: OrderedDict[int, tuple[Any, int]] = OrderedDict()
         self._lambda_memo: OrderedDict[tuple[float, float | None], float] = OrderedDict()
-        self._test_curves: dict[int, Any] = {}
-        self._at_levels: dict[tuple[float, float | None], Any] = {}
+        self._realised: dict[tuple[Any, ...], dict[int, float]] = {}
+        self._test_curves: dict[tuple[int, float | None], Any] = {}
         #: incremented whenever λ̂ may change for some levels (new curves); part of view cache keys
         self.version = 0
 
-    # -- what it is ---------------------------------------------------------------------------
+    # -- what it is -------------------------------------------------------------------------------
 
     @property
     def name(self) -> str:
-        """Registered method name (``"crc"``, ``"rwcp"``, …)."""
-        return self.calibrated.name
+        """Registered method name."""
+        return self.calibration.method
 
     @property
     def method(self) -> Any:
         """The :class:`~napari_conformal.core.methods.base.ConformalMethod`."""
-        return self.calibrated.method
+        return self.calibration.method_object
 
     @property
-    def record(self) -> dict[str, Any]:
-        """The calibration record (``CALIB.json``)."""
-        return self.calibrated.record
-
-    @property
-    def curves(self) -> tuple[Any, ...]:
-        """Calibration curves, one per calibration image."""
-        return self.calibrated.curves
+    def title(self) -> str:
+        """Display name of the method."""
+        return self.method.title or self.name
 
     @property
     def n(self) -> int:
         """Number of calibration images."""
-        return self.calibrated.n
+        return self.calibration.n
 
     @property
     def uses_nu(self) -> bool:
         """Whether λ̂ depends on ν."""
         return bool(self.method.uses_nu)
 
-    # -- λ̂ ------------------------------------------------------------------------------------
+    def levels(self, alpha: float, nu: float | None) -> tuple[float, float | None]:
+        """(α, ν) as this method takes them (ν dropped for methods without it)."""
+        return float(alpha), (None if not self.uses_nu or nu is None else float(nu))
+
+    # -- λ̂ ----------------------------------------------------------------------------------------
+
+    def answers(self, alpha: float, nu: float | None = None) -> bool:
+        """Whether λ̂ at (α, ν) is a read of the curves (no :meth:`iter_extend` needed)."""
+        return self.calibration.answers(*self.levels(alpha, nu))
 
     def lambda_hat(self, alpha: float, nu: float | None = None) -> float:
-        """λ̂ at (α, ν) from the cached calibration curves (memoised).
-
-        Parameters
-        ----------
-        alpha : float
-            Risk level in (0, 1).
-        nu : float, optional
-            Label-wise accuracy; ignored by methods without ν.
+        """λ̂ at (α, ν) from the calibration's curves (memoised).
 
         Raises
         ------
+        LevelsPending
+            The curves need :meth:`iter_extend` first (CONSIGN at another α's box).
         ConformalError
             Whatever the method raises, e.g. too few calibration images for α.
         """
-        key = (float(alpha), float(nu) if (self.uses_nu and nu is not None) else None)
+        key = self.levels(alpha, nu)
         with self._lock:
             if key in self._lambda_memo:
                 self._lambda_memo.move_to_end(key)
                 return self._lambda_memo[key]
-            lam = float(self.method.lambda_hat(self.curves, alpha=key[0], nu=key[1]))
+            calibration = self.calibration
+        method = calibration.method_object
+        method.check_levels(*key)
+        method.check_calibration(calibration.n, key[0])
+        if not calibration.answers(*key):
+            raise LevelsPending(
+                f"{self.title}: λ̂ at α = {key[0]:g}"
+                + ("" if key[1] is None else f", ν = {key[1]:g}")
+                + f" needs a search of the {calibration.n} calibration images"
+            )
+        lam = calibration.lambda_at(*key)
+        with self._lock:
             self._lambda_memo[key] = lam
             if len(self._lambda_memo) > _MEMO_SIZE:
                 self._lambda_memo.popitem(last=False)
-            return lam
+        return lam
 
-    def method_at(self, alpha: float, nu: float | None) -> Any:
-        """The method with its α (and ν) set to these levels, for ``predict``/``evaluate`` at them.
+    def iter_extend(self, alpha: float, nu: float | None = None) -> Generator[Step, None, Calibration]:
+        """Extend the calibration's curves so they answer (α, ν) (a progress generator for a worker).
 
-        A shallow copy of the calibrated method: everything else (parameters,
-        feature extractor, τ of Consema) is shared. CONSIGN's box and the
-        ``covered``/SEC of the membership methods depend on α and ν; the
-        threshold methods do not.
+        The calibration images are prepared through this session's cache, then the method's batch
+        hook runs (:func:`napari_conformal.api.iter_extend`). Returns the new calibration, which also
+        replaces :attr:`calibration`.
         """
-        nu_used = float(nu) if (self.uses_nu and nu is not None) else self.method.nu
-        key = (float(alpha), nu_used)
-        if key == (self.method.alpha, self.method.nu):
-            return self.method
-        with self._lock:
-            if key not in self._at_levels:
-                clone = copy.copy(self.method)
-                clone.alpha, clone.nu = key
-                self._at_levels[key] = clone
-            return self._at_levels[key]
+        from napari_conformal.api import iter_extend
 
-    # -- per image ----------------------------------------------------------------------------
+        key = self.levels(alpha, nu)
+        calibration = self.calibration
+        if calibration.answers(*key):
+            return calibration
+        cal = list(calibration.cal_indices)
+        prepared = []
+        yield Step(0, len(cal), "images")
+        for j, i in enumerate(cal):
+            prepared.append(self.prepared(i))
+            yield Step(j + 1, len(cal), "images")
+        labels = [self.store.label(i) for i in cal]
+        extended = yield from iter_extend(calibration, self.store, alpha=key[0], nu=key[1], prepared=prepared, labels=labels)
+        with self._lock:
+            self.calibration = extended
+            self._lambda_memo.clear()
+            self.version += 1
+        return extended
+
+    # -- per image ---------------------------------------------------------------------------------
 
     def is_prepared(self, index: int) -> bool:
         """Whether image ``index`` is in the prepared cache."""
@@ -183,12 +206,16 @@ class MethodSession:
             return entry[0]
 
     def prepared(self, index: int) -> Any:
-        """``method.prepare(image, samples)`` of image ``index``, computed once and cached."""
+        """``method.prepare`` of image ``index`` (read and validated once), computed once and cached."""
+        from napari_conformal.api import _prepare, feature_cache_matches
+        from napari_conformal.io.dataset import read_image
+
         index = int(index)
         cached = self.cached_prepared(index)
         if cached is not None:
             return cached
-        value = self.method.prepare(self.store.image(index), self.store.samples(index))
+        image = read_image(self.store, index, with_label=False)
+        value = _prepare(self.method, self.store, image, feature_cache_matches(self.store, self.method))
         size = approximate_nbytes(value)
         with self._lock:
             self._prepared[index] = (value, size)
@@ -199,64 +226,89 @@ class MethodSession:
                 total -= dropped
         return value
 
-    def predict(self, index: int, lam: float) -> Any:
-        """The set of image ``index`` at ``lam`` (prepares the image if needed)."""
-        return self.method.predict(self.prepared(index), lam)
+    def predict(self, index: int, lam: float, alpha: float, nu: float | None = None) -> Any:
+        """The set of image ``index`` at ``lam`` and (α, ν) (prepares the image if needed)."""
+        a, v = self.levels(alpha, nu)
+        return self.method.predict(self.prepared(index), lam, alpha=a, nu=v)
+
+    def iter_realised(
+        self, indices: Sequence[int], alpha: float, nu: float | None = None
+    ) -> Generator[Step, None, dict[int, float]]:
+        """What the set at λ̂(α, ν) realises on each image of ``indices`` (1 − FNR, or covered 0/1).
+
+        Computed with the method's batch hook :meth:`~napari_conformal.core.methods.base.ConformalMethod.iter_realised`
+        on the cached prepared images, and memoised per (α, ν, λ̂). Images whose value is undefined
+        (e.g. no ground-truth foreground) are left out.
+        """
+        a, v = self.levels(alpha, nu)
+        lam = self.lambda_hat(a, v)
+        key = (a, v, lam, tuple(int(i) for i in indices))
+        with self._lock:
+            if key in self._realised:
+                return self._realised[key]
+        total = len(indices)
+        prepared, labels, kept = [], [], []
+        yield Step(0, total, "images")
+        for j, i in enumerate(indices):
+            prepared.append(self.prepared(int(i)))
+            labels.append(self.store.label(int(i)))
+            kept.append(int(i))
+            yield Step(j + 1, total, "images")
+        values = yield from self.method.iter_realised(prepared, labels, lam, alpha=a, nu=v)
+        out = {i: float(x) for i, x in zip(kept, values, strict=True) if x is not None and np.isfinite(x)}
+        with self._lock:
+            self._realised[key] = out
+        return out
+
+    def cached_realised(self, indices: Sequence[int], alpha: float, nu: float | None = None) -> dict[int, float] | None:
+        """The result of an earlier :meth:`iter_realised` at these levels, or None (never computes)."""
+        a, v = self.levels(alpha, nu)
+        try:
+            lam = self.lambda_hat(a, v)
+        except ConformalError:
+            return None
+        with self._lock:
+            return self._realised.get((a, v, lam, tuple(int(i) for i in indices)))
 
     def test_curve(self, index: int) -> Any:
-        """``method.curve`` of image ``index`` against its ground truth (cached).
+        """``method.curve`` of image ``index`` against its ground truth (cached), for methods without a batched search.
 
-        For a test image this is what tells, for any λ̂, whether (or how much of)
-        its ground truth the set covers, without re-running ``prepare``.
+        For a test image this tells, for any λ̂, what the set realises on it without re-running
+        ``prepare``.
         """
         index = int(index)
+        key = (index, None)
         with self._lock:
-            if index in self._test_curves:
-                return self._test_curves[index]
+            if key in self._test_curves:
+                return self._test_curves[key]
         curve = self.method.curve(self.prepared(index), self.store.label(index))
         with self._lock:
-            self._test_curves[index] = curve
+            self._test_curves[key] = curve
         return curve
 
-    def cached_test_curves(self, indices: Sequence[int]) -> dict[int, Any]:
-        """The test curves already computed among ``indices``."""
-        with self._lock:
-            return {int(i): self._test_curves[int(i)] for i in indices if int(i) in self._test_curves}
+    def provenance(self, *, alpha: float, nu: float | None, lambda_hat: float, index: int | None = None, **extra: Any) -> dict[str, Any]:
+        """``layer.metadata["napari_conformal"]`` of a result layer.
 
-    def provenance(
-        self, *, alpha: float, nu: float | None, lambda_hat: float, index: int | None = None, **extra: Any
-    ) -> dict[str, Any]:
-        """``layer.metadata["napari_conformal"]`` of a result layer (SPEC §5).
-
-        Keys: ``method, alpha, nu, lambda_hat, n, version, store, image_index``
-        and ``calibration`` (the record re-reduced at this α, ν, so that saving
-        the layer's calibration writes a valid ``CALIB.json`` for what is shown),
-        plus ``extra``.
+        Keys: ``method, title, alpha, nu, lambda_hat, n, version, store, image_index, guarantee`` and
+        ``calibration`` (the :class:`~napari_conformal.core.calibration.Calibration` re-reduced at
+        these levels, so saving the layer's calibration writes a valid ``CALIB.json`` for what is
+        shown), plus ``extra``.
         """
-        from napari_conformal import __version__
-
-        nu_used = float(nu) if (self.uses_nu and nu is not None) else None
-        record = dict(self.record)
-        record.update(alpha=float(alpha), nu=nu_used, lambda_hat=float(lambda_hat))
+        a, v = self.levels(alpha, nu)
+        calibration = self.calibration
+        shown = calibration if (a, v) == (calibration.alpha, calibration.nu) else calibration.at(a, v)
         out = {
             "method": self.name,
-            "alpha": float(alpha),
-            "nu": nu_used,
+            "title": self.title,
+            "alpha": a,
+            "nu": v,
             "lambda_hat": float(lambda_hat),
             "n": self.n,
-            "version": __version__,
-            "store": self.record.get("store"),
+            "version": calibration.provenance.version,
+            "store": {"path": calibration.store.path, "identity": calibration.store.identity},
             "image_index": None if index is None else int(index),
-            "calibration": record,
+            "guarantee": self.method.guarantee(a, v),
+            "calibration": shown,
         }
         out.update(extra)
         return out
-
-
-def make_session(calibrated: CalibratedMethod, store: Any, **kwargs: Any) -> MethodSession:
-    """The session class a method needs (:class:`~.consign_session.ConsignSession` for CONSIGN)."""
-    if calibrated.name == "consign":
-        from napari_conformal.explore.consign_session import ConsignSession
-
-        return ConsignSession(calibrated, store, **kwargs)
-    return MethodSession(calibrated, store, **kwargs)

@@ -13,26 +13,18 @@ paired.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Generator, Sequence
 from typing import Any
 
 from psygnal import Signal
 
+from napari_conformal.core.calibration import Calibration
+from napari_conformal.core.progress import Step
+from napari_conformal.core.validation import check_level
 from napari_conformal.errors import ConformalError
-from napari_conformal.explore.calibrated import CalibratedMethod, iter_calibrate_keeping_curves
-from napari_conformal.explore.session import MethodSession, make_session
+from napari_conformal.explore.session import MethodSession
 
 __all__ = ["Workspace"]
-
-
-def _check_level(value: float, name: str, *, closed_low: bool = False) -> float:
-    v = float(value)
-    ok = math.isfinite(v) and (0.0 <= v if closed_low else 0.0 < v) and v < 1.0
-    if not ok:
-        interval = "[0, 1)" if closed_low else "(0, 1)"
-        raise ConformalError(f"{name} must lie in {interval}, got {value!r}")
-    return v
 
 
 class Workspace:
@@ -64,7 +56,7 @@ class Workspace:
         self.test_indices: list[int] = []
         self.sessions: dict[str, MethodSession] = {}
         self.primary: str | None = None
-        #: extra constructor parameters of companion methods, e.g. ``{"rwcp": {"features": "multiscale"}}``
+        #: options of companion methods, e.g. ``{"rwcp": {"features": "multiscale"}}``
         self.companion_params: dict[str, dict[str, Any]] = {}
         self._alpha = 0.1
         self._nu = 0.9
@@ -79,7 +71,7 @@ class Workspace:
 
     @alpha.setter
     def alpha(self, value: float) -> None:
-        v = _check_level(value, "alpha")
+        v = check_level(value, "alpha")
         if v != self._alpha:
             self._alpha = v
             self.alpha_changed.emit(v)
@@ -91,7 +83,7 @@ class Workspace:
 
     @nu.setter
     def nu(self, value: float) -> None:
-        v = _check_level(value, "nu", closed_low=True)
+        v = check_level(value, "nu", closed_low=True)
         if v != self._nu:
             self._nu = v
             self.nu_changed.emit(v)
@@ -128,30 +120,30 @@ class Workspace:
         return self.store is not None and identity == self.store_identity and list(cal) == self.cal_indices
 
     def publish(
-        self, store: Any, calibrated: CalibratedMethod, test_indices: Sequence[int] | None = None
+        self, store: Any, calibration: Calibration, test_indices: Sequence[int] | None = None
     ) -> MethodSession:
-        """Make ``calibrated`` the primary session (the calibration dock calls this).
+        """Make ``calibration`` the primary session (the calibration dock calls this).
 
-        A different store or calibration split drops every other session (they
-        would not be paired any more). α and ν take the record's values; the
-        current image becomes the first test image unless it already is a test image.
+        A different store or calibration split drops every other session (they would not be
+        paired any more). α and ν take the calibration's values; the current image becomes the
+        first test image unless it already is a test image.
 
         Parameters
         ----------
-        store : DatasetStore
-            The store calibrated on.
-        calibrated : CalibratedMethod
-            From :func:`~napari_conformal.explore.calibrated.iter_calibrate_keeping_curves`.
+        store : DatasetStore or ArrayDataset
+            The data calibrated on.
+        calibration : Calibration
+            From :func:`napari_conformal.api.calibrate` or :meth:`Calibration.load`.
         test_indices : sequence of int, optional
             Default: every image not used for calibration.
         """
-        cal = [int(i) for i in calibrated.record["cal_indices"]]
+        cal = [int(i) for i in calibration.cal_indices]
         if test_indices is None:
             cal_set = set(cal)
             test = [i for i in range(store.n_images) if i not in cal_set]
         else:
             test = [int(i) for i in test_indices]
-        identity = (calibrated.record.get("store") or {}).get("identity")
+        identity = calibration.store.identity
         is_new = not self._same_data(identity, cal)
         if is_new:
             self.sessions = {}
@@ -159,15 +151,16 @@ class Workspace:
             self.store_identity = identity
             self.cal_indices = cal
         self.test_indices = test
-        session = make_session(calibrated, store)
+        session = MethodSession(calibration, store)
         self.sessions[session.name] = session
         self.primary = session.name
+        if session.method.uses_features:  # a later companion of the same method uses the same settings
+            self.companion_params[session.name] = dict(calibration.params)
         # set everything first, then tell the listeners (they read a consistent state)
-        record = calibrated.record
         old = (self._alpha, self._nu, self._index)
-        self._alpha = _check_level(record["alpha"], "alpha")
-        if record.get("nu") is not None:
-            self._nu = _check_level(record["nu"], "nu", closed_low=True)
+        self._alpha = check_level(calibration.alpha, "alpha")
+        if calibration.nu is not None:
+            self._nu = check_level(calibration.nu, "nu", closed_low=True)
         if test and self._index not in test:
             self._index = test[0]
         elif self._index is None or not 0 <= self._index < store.n_images:
@@ -183,15 +176,13 @@ class Workspace:
         self.session_added.emit(session.name)
         return session
 
-    def add_session(self, calibrated: CalibratedMethod) -> MethodSession:
+    def add_session(self, calibration: Calibration) -> MethodSession:
         """Add a companion calibrated on this workspace's store and split."""
         if self.store is None:
             raise ConformalError("no store yet: run a calibration first")
-        if [int(i) for i in calibrated.record["cal_indices"]] != self.cal_indices:
-            raise ConformalError(
-                "a companion method must be calibrated on the workspace's calibration images"
-            )
-        session = make_session(calibrated, self.store)
+        if [int(i) for i in calibration.cal_indices] != self.cal_indices:
+            raise ConformalError("a companion method must be calibrated on the workspace's calibration images")
+        session = MethodSession(calibration, self.store)
         self.sessions[session.name] = session
         self.session_added.emit(session.name)
         return session
@@ -199,37 +190,33 @@ class Workspace:
     def companion_settings(self, name: str) -> dict[str, Any]:
         """Arguments a companion of method ``name`` is calibrated with.
 
-        α and ν are the workspace's; the device is the primary session's; other
-        parameters come from :attr:`companion_params`.
+        α and ν are the workspace's; the device is the primary session's; options come from
+        :attr:`companion_params`.
         """
         from napari_conformal.core.methods.base import method_class
 
         cls = method_class(name)
-        params = dict(self.companion_params.get(name, {}))
         primary = self.sessions.get(self.primary or "")
-        device = None if primary is None else (primary.record.get("params") or {}).get("device")
-        if device is not None:
-            params.setdefault("device", device)
+        device = None if primary is None else primary.calibration.provenance.device
         return {
             "alpha": self.alpha,
             "nu": self.nu if cls.uses_nu else None,
-            "params": params,
+            "device": device,
+            **self.companion_params.get(name, {}),
         }
 
-    def iter_companion(self, name: str) -> Generator[tuple[int, int], None, CalibratedMethod]:
+    def iter_companion(self, name: str) -> Generator[Step, None, Calibration]:
         """Calibrate method ``name`` on the workspace's calibration images (a progress generator).
 
-        Run it in a worker; add the returned value with :meth:`add_session` on
-        the thread that owns the workspace.
+        Run it in a worker; add the returned calibration with :meth:`add_session` on the thread that
+        owns the workspace.
         """
+        from napari_conformal.api import iter_calibrate
+
         if self.store is None:
             raise ConformalError("no store yet: run a calibration first")
         settings = self.companion_settings(name)
-        return (
-            yield from iter_calibrate_keeping_curves(
-                self.store, name, cal_indices=list(self.cal_indices), **settings
-            )
-        )
+        return (yield from iter_calibrate(self.store, name, cal_indices=list(self.cal_indices), **settings))
 
     def session_updated(self, name: str) -> None:
         """Tell the views that session ``name`` can answer more levels now (new curves)."""

@@ -90,6 +90,8 @@ def to_jsonable(value: Any, *, where: str = "value") -> Any:
         return out
     if isinstance(value, list | tuple):
         return [to_jsonable(item, where=f"{where}[{k}]") for k, item in enumerate(value)]
+    if callable(getattr(value, "to_dict", None)):  # a Calibration in a layer's provenance
+        return to_jsonable(value.to_dict(), where=where)
     raise ConformalError(f"{where}: a {type(value).__name__} cannot be saved as JSON ({value!r:.80})")
 
 

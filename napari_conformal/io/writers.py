@@ -6,7 +6,7 @@
   pickles: both members load with ``np.load(..., allow_pickle=False)``.
 * ``.tif`` / ``.tiff`` — the data as (zlib-compressed) TIFF pages, the same JSON header as the
   ImageDescription of the first page. Boolean data is stored as uint8.
-* ``.json`` — the calibration record carried by a result layer (``CALIB.json`` of SPEC §4).
+* ``.json`` — the calibration carried by a result layer (``CALIB.json``, :mod:`napari_conformal.core.calibration`).
 
 Every file is written to a temporary sibling (``.<name>.partial-<random>``), flushed to disk and
 renamed over the target with :func:`os.replace`, so an interrupted export leaves either the old
@@ -20,7 +20,6 @@ resolution (level 0).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,10 +29,9 @@ import numpy as np
 
 from napari_conformal.errors import ConformalError
 from napari_conformal.io.atomic import atomic_file
-from napari_conformal.io.provenance import dumps_header, get_provenance, layer_header, to_jsonable
+from napari_conformal.io.provenance import dumps_header, get_provenance, layer_header
 
 __all__ = [
-    "CALIBRATION_KEYS",
     "atomic_file",
     "calibration_record",
     "write_calibration",
@@ -46,8 +44,6 @@ __all__ = [
     "write_layer_tiff",
 ]
 
-#: Keys a calibration record must have to be written as ``CALIB.json``.
-CALIBRATION_KEYS = ("method", "alpha", "lambda_hat")
 _HEADER_MEMBER = "__napari_conformal__"  # same name as readers.HEADER_MEMBER (import kept light)
 
 
@@ -166,56 +162,47 @@ def write_image_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[s
     return [write_layer_tiff(path, data, "image", attributes)]
 
 
-def calibration_record(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The calibration record a layer carries in ``metadata["napari_conformal"]``.
+def calibration_record(attributes: Mapping[str, Any] | None) -> Any:
+    """The calibration a layer carries in ``metadata["napari_conformal"]["calibration"]``.
 
-    A complete record under the ``"calibration"`` key (what ``napari-conformal calibrate``
-    writes) wins; otherwise the provenance itself, when it names method, α and λ̂.
+    A :class:`~napari_conformal.core.calibration.Calibration` (what the explorers store), or its JSON
+    object (what a layer read back from a file holds), checked by
+    :meth:`~napari_conformal.core.calibration.Calibration.from_dict`.
 
     Raises
     ------
     ConformalError
-        The layer has no napari-conformal provenance, or it is not a calibration result.
+        The layer has no napari-conformal provenance, or it carries no valid calibration.
     """
+    from napari_conformal.core.calibration import Calibration
+
     attributes = attributes or {}
     name = attributes.get("name") or "the layer"
     prov = get_provenance(attributes.get("metadata"))
     if prov is None:
-        raise ConformalError(
-            f"{name!s} has no napari-conformal provenance, so there is no calibration to save"
-        )
+        raise ConformalError(f"{name!s} has no napari-conformal provenance, so there is no calibration to save")
     record = prov.get("calibration")
+    if isinstance(record, Calibration):
+        return record
     if isinstance(record, Mapping):
-        record = dict(record)
-    else:
-        record = prov
-    missing = [k for k in CALIBRATION_KEYS if k not in record]
-    if missing:
-        raise ConformalError(
-            f"{name!s} is not a calibration result: its provenance lacks {', '.join(missing)}"
-        )
-    return record
+        return Calibration.from_dict(dict(record))
+    raise ConformalError(f"{name!s} is not a calibration result: its provenance holds no calibration")
 
 
-def write_calibration(path: str | os.PathLike[str], record: Mapping[str, Any]) -> str:
-    """Write a calibration record as indented JSON (``.json`` appended when missing).
-
-    Non-finite numbers become ``null``; numpy values become plain JSON numbers.
+def write_calibration(path: str | os.PathLike[str], calibration: Any) -> str:
+    """Write a :class:`~napari_conformal.core.calibration.Calibration` as ``CALIB.json`` (``.json`` appended when missing).
 
     Raises
     ------
     ConformalError
-        The record lacks ``method``, ``alpha`` or ``lambda_hat``, or holds values with no JSON form.
+        ``calibration`` is not a Calibration.
     """
-    if not isinstance(record, Mapping):
-        raise ConformalError(f"a calibration record must be a dict, got {type(record).__name__}")
-    missing = [k for k in CALIBRATION_KEYS if k not in record]
-    if missing:
-        raise ConformalError(f"the calibration record lacks {', '.join(missing)}")
-    text = json.dumps(to_jsonable(dict(record), where="calibration"), indent=2, allow_nan=False) + "\n"
+    from napari_conformal.core.calibration import Calibration
+
+    if not isinstance(calibration, Calibration):
+        raise ConformalError(f"expected a Calibration, got {type(calibration).__name__}")
     target = _with_suffix(path, (".json",))
-    with atomic_file(target) as fh:
-        fh.write(text.encode("utf-8"))
+    calibration.save(target)
     return str(target)
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "available_methods",
     "make_method",
     "method_class",
+    "methods_drawing",
     "register",
 ]
 
@@ -227,6 +228,8 @@ class ConformalMethod(ABC, Generic[P, C, S]):
     #: what λ is, and its unit, for labels and tooltips
     lambda_name: ClassVar[str] = "λ"
     lambda_unit: ClassVar[str] = ""
+    #: whether λ counts steps (Consema's dilations) rather than lying on a [0, 1]-like scale
+    lambda_is_count: ClassVar[bool] = False
     #: the layers its explorer draws ("contour", "diffusion", "set_size", "member", "regions", "directions", "members")
     layers: ClassVar[tuple[str, ...]] = ()
     #: hyper-parameters (the command line's flags and the dock's inputs are generated from them)
@@ -324,6 +327,35 @@ class ConformalMethod(ABC, Generic[P, C, S]):
         ``1 − FNR`` for risk-controlling methods, 1.0 or 0.0 (covered or not) for the others: the
         quantity whose mean over test images the guarantee bounds.
         """
+
+    def iter_realised(
+        self,
+        prepared: Sequence[P],
+        labels: Sequence[np.ndarray],
+        lambda_hat: float,
+        *,
+        alpha: float,
+        nu: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Generator[Step, None, list[float]]:
+        """:meth:`realised` of many test images at λ̂, as a progress generator (NaN where undefined).
+
+        The batch hook of test-set coverage: by default one :meth:`curve` per image; CONSIGN
+        overrides it with one batched membership search up to λ̂.
+        """
+        from napari_conformal.errors import CalibrationError
+
+        total = len(prepared)
+        out: list[float] = []
+        yield Step(0, total, "coverage")
+        for j, (p, y) in enumerate(zip(prepared, labels, strict=True)):
+            check_stop(should_stop)
+            try:
+                out.append(self.realised(self.curve(p, y, alpha=alpha, nu=nu), lambda_hat, alpha=alpha, nu=nu))
+            except CalibrationError:  # e.g. no ground-truth foreground: the value is undefined
+                out.append(float("nan"))
+            yield Step(j + 1, total, "coverage")
+        return out
 
     @abstractmethod
     def evaluate(
@@ -427,6 +459,11 @@ def method_class(name: str) -> type[ConformalMethod[Any, Any, Any]]:
         return _REGISTRY[name]
     except KeyError:
         raise ParameterError(f"unknown method {name!r}; choose one of {', '.join(sorted(_REGISTRY))}") from None
+
+
+def methods_drawing(layer: str) -> list[str]:
+    """Names of the registered methods whose explorer draws ``layer`` (e.g. "set_size", "directions")."""
+    return [name for name in available_methods() if layer in method_class(name).layers]
 
 
 def make_method(name: str, **kwargs: Any) -> ConformalMethod[Any, Any, Any]:

@@ -188,6 +188,7 @@ class ConsemaMethod(ConformalMethod[ConsemaPrepared, ConsemaCurve, np.ndarray]):
     colour: ClassVar[str] = "#ff4fa3"
     lambda_name: ClassVar[str] = "dilations q̂"
     lambda_unit: ClassVar[str] = "dilation steps of the model's segmentation (one pixel each)"
+    lambda_is_count: ClassVar[bool] = True
     layers: ClassVar[tuple[str, ...]] = ("contour",)
     options: ClassVar[tuple[Option, ...]] = (
         Option(

@@ -258,6 +258,23 @@ class ConsignMethod(ConformalMethod[ImageBasis, ConsignCurve, ConsignSet]):
             raise CurvesPending(f"CONSIGN: no curve at box quantile q={self.q(alpha):g}")
         return float(level.accuracy_at(float(lambda_hat)) > check_nu(nu))
 
+    def iter_realised(
+        self,
+        prepared: Sequence[ImageBasis],
+        labels: Sequence[np.ndarray],
+        lambda_hat: float,
+        *,
+        alpha: float,
+        nu: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Generator[Step, None, list[float]]:
+        """Membership of many test images at λ̂: one batched search up to λ̂ (the calibration's procedure)."""
+        nu = check_nu(nu)
+        lam = float(lambda_hat)
+        search = CoverageSearch(list(prepared), list(labels), make_box(list(prepared), self.q(alpha)), self.config(nu))
+        yield from search.iter_run(until_lambda=lam, until_nu=nu, should_stop=should_stop)
+        return [float(search.accuracy_at(j, lam) > nu) for j in range(search.n)]
+
     def covered(self, prepared: ImageBasis, label: np.ndarray, lambda_hat: float, *, alpha: float, nu: float) -> float:
         """acc*(λ̂) found by the calibration's search procedure for this image (covered iff > ν)."""
         nu = check_nu(nu)

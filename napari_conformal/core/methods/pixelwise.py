@@ -204,7 +204,7 @@ class APS(PixelwiseMethod):
     colour: ClassVar[str] = "#2ca02c"
     options: ClassVar[tuple[Option, ...]] = (
         Option("randomized", "bool", False, "randomised APS scores (one uniform draw per pixel)", label="randomised"),
-        Option("seed", "int", 0, "seed of the randomised scores", minimum=0),
+        Option("seed", "int", 0, "seed of the randomised scores", minimum=0, flag="score-seed"),
     )
     randomized: bool
     seed: int
