@@ -522,8 +522,9 @@ def extend(
 def _check_same_data(calibration: Calibration, dataset: Any) -> None:
     if calibration.store.identity != dataset.identity():
         where = calibration.store.path or "in-memory arrays"
+        given = getattr(dataset, "path", None) or "the given arrays"
         raise StoreValidationError(
-            f"these are not the data this calibration was made on ({where}); calibrate on them first, or "
+            f"{given} is not the store this calibration was made on ({where}): calibrate on it first, or "
             "evaluate with check_identity=False (--other-data) to treat every image as a test image"
         )
 

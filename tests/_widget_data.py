@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_conformal.api import drive
-from napari_conformal.explore.calibrated import iter_calibrate_keeping_curves
+from napari_conformal.api import calibrate
 from napari_conformal.io.indices import random_split
 from napari_conformal.io.store import create_store
 from napari_conformal.testing.synthetic import binary_blobs_dataset, lowrank_multiclass_dataset
@@ -28,14 +27,13 @@ def multiclass_store(path: Path, n: int = 16, shape=(24, 24), seed: int = 0):
     return create_store(path, images, samples, labels, label_names=["background", "wall", "cavity"])
 
 
-def calibrated(
-    store, method: str, *, alpha: float, nu: float | None = None, params=None, fraction=0.5, k=None
-):
-    """Calibrate ``method`` on a fixed random split; returns (CalibratedMethod, cal, test)."""
+def calibrated(store, method: str, *, alpha: float, nu: float | None = None, params=None, fraction=0.5, k=None):
+    """Calibrate ``method`` on a fixed random split; returns (Calibration, cal, test)."""
     cal, test = random_split(store.n_images, fraction, 0)
-    result = drive(
-        iter_calibrate_keeping_curves(store, method, alpha=alpha, nu=nu, k=k, cal_indices=cal, params=params)
-    )
+    options = dict(params or {})
+    if k is not None:
+        options["k"] = k
+    result = calibrate(store, method, alpha=alpha, nu=nu, cal_indices=cal, **options)
     return result, cal, test
 
 

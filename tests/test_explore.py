@@ -1,4 +1,4 @@
-"""The explorers' Qt-free model layer: kept curves, live λ̂, caches, workspace signals, test-set curves, export."""
+"""The explorers' Qt-free model layer: λ̂ from a calibration's curves, caches, workspace signals, test-set coverage, export."""
 
 from __future__ import annotations
 
@@ -11,15 +11,9 @@ from _widget_data import binary_store, calibrated, multiclass_store
 from napari_conformal.api import calibrate, drive, evaluate
 from napari_conformal.core.metrics.segmentation import coverage
 from napari_conformal.errors import ConformalError, InsufficientCalibrationError
-from napari_conformal.explore.evaluation import (
-    coverage_curve,
-    iter_test_curves,
-    iter_test_set,
-    lambda_curve,
-    realised_coverage,
-)
+from napari_conformal.explore.evaluation import coverage_curve, iter_test_curves, iter_test_set, lambda_curve
 from napari_conformal.explore.export import ExportItem, export_results, safe_filename
-from napari_conformal.explore.session import MethodSession, approximate_nbytes
+from napari_conformal.explore.session import LevelsPending, MethodSession, approximate_nbytes
 from napari_conformal.explore.workspace import Workspace
 
 
@@ -34,17 +28,15 @@ def mstore(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("name", "nu"), [("crc", None), ("consema", None), ("aps", 0.8), ("lac", 0.7)])
-def test_kept_curves_reproduce_the_record_and_a_fresh_calibration_at_other_levels(store, name, nu):
+def test_session_lambda_at_other_levels_equals_a_fresh_calibration(store, name, nu):
     result, cal, _ = calibrated(store, name, alpha=0.2, nu=nu)
-    assert result.record == calibrate(store, name, alpha=0.2, nu=nu, cal_indices=cal)
-    assert len(result.curves) == len(cal) == result.n
-    assert "lambda_hat" not in vars(result.method)  # the capture hook is gone
+    again = calibrate(store, name, alpha=0.2, nu=nu, cal_indices=cal)
+    assert result.lambda_hat == again.lambda_hat and len(result.curves) == len(cal) == result.n
     session = MethodSession(result, store)
     for alpha in (0.15, 0.3, 0.45):
         for level in (nu,) if nu is None else (nu, 0.6):
-            params = {"tau": 0.8} if name == "consema" else None  # Consema keeps τ of its calibration
-            fresh = calibrate(store, name, alpha=alpha, nu=level, cal_indices=cal, params=params)
-            assert session.lambda_hat(alpha, level) == fresh["lambda_hat"]
+            fresh = calibrate(store, name, alpha=alpha, nu=level, cal_indices=cal)  # Consema: τ = 1 − α too
+            assert session.lambda_hat(alpha, level) == fresh.lambda_hat
 
 
 def test_nu_is_rejected_for_a_method_without_nu(store):
@@ -54,7 +46,7 @@ def test_nu_is_rejected_for_a_method_without_nu(store):
 
 def test_session_caches_prepared_images_within_a_byte_budget(store):
     result, _, test = calibrated(store, "crc", alpha=0.2)
-    one = approximate_nbytes(result.method.prepare(store.image(0), store.samples(0)))
+    one = approximate_nbytes(result.method_object.prepare(store.image(0), store.samples(0)))
     assert one == 2 * 8 * int(np.prod(store.spatial_shape))  # base and score maps, float64
     session = MethodSession(result, store, cache_bytes=2 * one)
     a, b, c = test[:3]
@@ -65,7 +57,7 @@ def test_session_caches_prepared_images_within_a_byte_budget(store):
     assert not session.is_prepared(a) and session.is_prepared(b) and session.is_prepared(c)
     assert session.cached_prepared(a) is None
     lam = session.lambda_hat(0.2)
-    assert np.array_equal(session.predict(a, lam), result.method.predict(pa, lam))
+    assert np.array_equal(session.predict(a, lam, 0.2), result.method_object.predict(pa, lam))
 
 
 def test_session_reports_too_small_alpha(store):
@@ -98,7 +90,7 @@ def test_workspace_publish_signals_and_companions(store):
         ws.index = store.n_images
 
     companion = drive(ws.iter_companion("consema"))
-    assert companion.record["cal_indices"] == cal and companion.record["alpha"] == 0.3
+    assert list(companion.cal_indices) == cal and companion.alpha == 0.3
     ws.add_session(companion)
     assert set(ws.sessions) == {"crc", "consema"}
 
@@ -122,8 +114,8 @@ def test_coverage_curves_equal_brute_force_for_crc_and_pixelwise(store, mstore):
     alphas = [0.1, 0.2, 0.35]
     got = coverage_curve(session, curves, alphas, None)
     for a, value in zip(alphas, got, strict=True):
-        lam = calibrate(store, "crc", alpha=a, cal_indices=cal)["lambda_hat"]
-        brute = np.mean([coverage(session.predict(j, lam), store.label(j) == 1) for j in test])
+        lam = calibrate(store, "crc", alpha=a, cal_indices=cal).lambda_hat
+        brute = np.mean([coverage(session.predict(j, lam, a), store.label(j) == 1) for j in test])
         assert value == pytest.approx(brute, abs=1e-12)
     assert np.array_equal(lambda_curve(session, [0.01, 0.2], None)[1:], [session.lambda_hat(0.2)])
     assert np.isnan(lambda_curve(session, [0.01], None)[0])
@@ -135,9 +127,11 @@ def test_coverage_curves_equal_brute_force_for_crc_and_pixelwise(store, mstore):
         record = calibrate(mstore, "aps", alpha=0.25, nu=nu, cal_indices=pcal)
         covered = evaluate(mstore, record, test_indices=ptest, n_samples=())["mean"]["covered"]
         assert coverage_curve(psession, pcurves, [0.25], nu)[0] == pytest.approx(covered, abs=1e-12)
+        realised = drive(psession.iter_realised(ptest, 0.25, nu))
         for j, curve in pcurves.items():
             row = evaluate(mstore, record, test_indices=[j], n_samples=())["per_image"][0]
-            assert realised_coverage(psession.method, curve, record["lambda_hat"], nu) == row["covered"]
+            assert psession.method.realised(curve, record.lambda_hat, alpha=0.25, nu=nu) == row["covered"]
+            assert realised[j] == row["covered"]
 
 
 def test_test_set_metrics_equal_the_api_evaluation(store):
@@ -147,76 +141,66 @@ def test_test_set_metrics_equal_the_api_evaluation(store):
     curves, metrics = drive(iter_test_set(sessions, test, alpha=0.3, nu=0.8, n_samples=(5, 10)))
     assert set(curves) == {"crc", "aps"} and set(curves["crc"]) == set(test)
     for name, session in zip(("crc", "aps"), sessions, strict=True):
-        record = dict(session.record, alpha=0.3, lambda_hat=session.lambda_hat(0.3, 0.8))
-        reference = evaluate(store, record, test_indices=test, n_samples=(5, 10))
-        assert metrics[name].lambda_hat == record["lambda_hat"]
+        shown = session.calibration.at(0.3, 0.8 if session.uses_nu else None)
+        reference = evaluate(store, shown, test_indices=test, n_samples=(5, 10))
+        assert metrics[name].lambda_hat == shown.lambda_hat == session.lambda_hat(0.3, 0.8)
         assert json.dumps(metrics[name].mean, sort_keys=True) == json.dumps(reference["mean"], sort_keys=True)
+        key = "coverage" if "coverage" in reference["mean"] else "covered"
+        assert metrics[name].realised == pytest.approx(reference["mean"][key], abs=1e-12)
 
 
-def test_export_writes_layers_and_records_and_never_overwrites(tmp_path):
+def test_export_writes_layers_and_calibrations_and_never_overwrites(tmp_path, store):
+    from napari_conformal.core.calibration import Calibration
     from napari_conformal.io.readers import get_volume_reader
 
     assert safe_filename("RW-CP set (image 3)") == "RW-CP_set_image_3"
     assert safe_filename("///") == "layer"
-    prov = {"method": "crc", "alpha": 0.1, "lambda_hat": 0.5, "n": 10}
+    calib, _, _ = calibrated(store, "crc", alpha=0.2)
+    prov = MethodSession(calib, store).provenance(alpha=0.3, nu=None, lambda_hat=0.5, index=1)
     data = np.arange(12, dtype=np.uint8).reshape(3, 4) % 2
     items = [
-        ExportItem(
-            data, "labels", {"name": "set", "scale": [1.0, 2.0], "metadata": {"napari_conformal": prov}}
-        ),
+        ExportItem(data, "labels", {"name": "set", "scale": [1.0, 2.0], "metadata": {"napari_conformal": prov}}),
         ExportItem(data * 2, "labels", {"name": "set", "metadata": {"napari_conformal": prov}}),
     ]
     with pytest.raises(ConformalError, match="does not exist"):
         export_results(tmp_path / "missing", items)
     with pytest.raises(ConformalError, match="nothing to export"):
         export_results(tmp_path, [])
-    written = export_results(tmp_path, items, {"crc": {**prov, "cal_indices": [1, 2]}})
+    written = export_results(tmp_path, items, {"crc": prov["calibration"]})
     assert [p.rsplit("/", 1)[-1] for p in written] == ["set.npz", "set_2.npz", "CALIB_crc.json"]
     layer = get_volume_reader(written[1])(written[1])[0]
-    assert np.array_equal(layer[0], data * 2) and layer[1]["metadata"]["napari_conformal"] == prov
-    assert json.loads((tmp_path / "CALIB_crc.json").read_text())["cal_indices"] == [1, 2]
+    assert np.array_equal(layer[0], data * 2)
+    read_prov = layer[1]["metadata"]["napari_conformal"]
+    assert read_prov["alpha"] == 0.3 and read_prov["method"] == "crc"
+    # the calibration a layer carries is the one shown (re-reduced at α = 0.3), loadable again
+    saved = Calibration.load(tmp_path / "CALIB_crc.json")
+    assert saved.alpha == 0.3 and saved.lambda_hat == calib.lambda_at(0.3)
+    assert Calibration.from_dict(read_prov["calibration"]).to_json() == saved.to_json()
     before = (tmp_path / "set.npz").read_bytes()
     with pytest.raises(ConformalError, match="already exists"):
         export_results(tmp_path, items[:1])
     assert (tmp_path / "set.npz").read_bytes() == before
 
 
-def test_method_at_sets_the_levels_on_a_copy(store):
-    result, _, test = calibrated(store, "aps", alpha=0.2, nu=0.8)
-    session = MethodSession(result, store)
-    at = session.method_at(0.3, 0.6)
-    assert at is not result.method and (at.alpha, at.nu) == (0.3, 0.6)
-    assert (result.method.alpha, result.method.nu) == (0.2, 0.8)
-    assert session.method_at(0.2, 0.8) is result.method and session.method_at(0.3, 0.6) is at
-    i = test[0]
-    lam = session.lambda_hat(0.3, 0.6)
-    record = dict(result.record, alpha=0.3, nu=0.6, lambda_hat=lam)
-    reference = evaluate(store, record, test_indices=[i], n_samples=())["per_image"][0]
-    assert at.evaluate(session.prepared(i), store.label(i), lam)["covered"] == reference["covered"]
-
-
-def test_consign_session_reads_kept_curves_and_searches_other_levels(store):
-    from napari_conformal.explore.consign_session import ConsignSession, CurvesPending
-    from napari_conformal.explore.session import make_session
-
+def test_session_extends_consign_curves_for_another_alpha(store):
     result, cal, test = calibrated(store, "consign", alpha=0.2, nu=0.8, k=3)
-    session = make_session(result, store)
-    assert isinstance(session, ConsignSession)
-    assert session.lambda_hat(0.2, 0.8) == result.record["lambda_hat"]
-    assert not session.needs_search(0.2, 0.7)
-    assert session.needs_search(0.3, 0.8)
-    with pytest.raises(CurvesPending, match="coverage search"):
+    session = MethodSession(result, store)
+    assert session.lambda_hat(0.2, 0.8) == result.lambda_hat
+    assert session.answers(0.2, 0.7) and not session.answers(0.3, 0.8)
+    with pytest.raises(LevelsPending, match="search"):
         session.lambda_hat(0.3, 0.8)
     version = session.version
-    lam = drive(session.iter_search(0.3, 0.8))
-    assert session.version == version + 1 and not session.needs_search(0.3, 0.8)
-    assert lam == session.lambda_hat(0.3, 0.8)
-    assert lam == calibrate(store, "consign", alpha=0.3, nu=0.8, k=3, cal_indices=cal)["lambda_hat"]
+    extended = drive(session.iter_extend(0.3, 0.8))
+    assert session.version == version + 1 and session.answers(0.3, 0.8) and session.calibration is extended
+    assert extended.lambda_hat == result.lambda_hat  # the calibration's own λ̂ is unchanged
+    lam = session.lambda_hat(0.3, 0.8)
+    assert lam == calibrate(store, "consign", alpha=0.3, nu=0.8, k=3, cal_indices=cal).lambda_hat
     # the set at another α uses that α's box
-    the_set = session.consign_set(test[0], 0.3, lam)
+    the_set = session.predict(test[0], lam, 0.3, 0.8)
     assert the_set.box.quantile_level == pytest.approx(0.15) and the_set.lambda_hat == lam
-    # test curves answer coverage only at the calibrated box and up to the searched ν
-    curves = drive(iter_test_curves(session, test[:4]))
-    cov = coverage_curve(session, curves, [0.2, 0.3], 0.8)
-    assert np.isfinite(cov[0]) and np.isnan(cov[1])
-    assert np.isnan(coverage_curve(session, curves, [0.2], 0.95)[0])
+    # test coverage: the batched membership search equals the API's per-image evaluation
+    realised = drive(session.iter_realised(test[:4], 0.3, 0.8))
+    reference = evaluate(store, extended.at(0.3, 0.8), test_indices=test[:4], n_samples=())
+    assert [realised[j] for j in test[:4]] == [row["covered"] for row in reference["per_image"]]
+    cov = coverage_curve(session, {}, [0.2, 0.3], 0.8, test[:4])
+    assert np.isnan(cov[0]) and cov[1] == pytest.approx(np.mean([realised[j] for j in test[:4]]))

@@ -34,7 +34,7 @@ def test_levels_coefficients_regions_directions_and_members(make_napari_viewer, 
 
     settled("consign:member", "consign:always", "consign:possibly", "consign:u1", "consign:u3")
     i = test[0]
-    method = make_method("consign", alpha=0.2, nu=0.8, k=3)  # independent of the explorer's objects
+    method = make_method("consign", k=3)  # independent of the explorer's objects
     basis = method.prepare(store.image(i), store.samples(i))
 
     def expected_box(alpha: float):
@@ -54,7 +54,7 @@ def test_levels_coefficients_regions_directions_and_members(make_napari_viewer, 
         prov = explorer.layers.get("consign:member").metadata["napari_conformal"]
         assert prov["method"] == "consign" and prov["lambda_hat"] == lam and prov["alpha"] == alpha
 
-    lam0 = result.record["lambda_hat"]
+    lam0 = result.lambda_hat
     centre = expected_box(0.2).centre.numpy()
     assert np.allclose(explorer.coefficients, centre)
     check_set(0.2, lam0)
@@ -87,7 +87,7 @@ def test_levels_coefficients_regions_directions_and_members(make_napari_viewer, 
     # ν below the calibrated one: read from the kept curves
     explorer.levels.nu_slider.setValue(0.7)
     explorer.flush()
-    lam = CurveSet.from_curves(result.curves).lambda_hat(0.2, ws.nu)
+    lam = result.lambda_at(0.2, ws.nu)
     check_set(0.2, lam)
     assert_same(
         explorer.layers.get("consign:members").data,
@@ -98,7 +98,7 @@ def test_levels_coefficients_regions_directions_and_members(make_napari_viewer, 
     explorer.levels.alpha_slider.setValue(0.3)
     settled()
     assert explorer.layers.get("consign:member").metadata["napari_conformal"]["alpha"] == ws.alpha
-    fresh = calibrate(store, "consign", alpha=ws.alpha, nu=ws.nu, k=3, cal_indices=cal)["lambda_hat"]
+    fresh = calibrate(store, "consign", alpha=ws.alpha, nu=ws.nu, k=3, cal_indices=cal).lambda_hat
     assert ws.lambda_hat("consign") == fresh
     check_set(ws.alpha, fresh)
 

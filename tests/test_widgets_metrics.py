@@ -39,7 +39,7 @@ def test_panels_follow_image_and_sliders_and_match_the_core(make_napari_viewer, 
     # λ̂ against α: a fresh calibration at every α of the grid, and the line drawn is that curve
     def crc_lambda(a: float) -> float:
         try:
-            return calibrate(store, "crc", alpha=float(a), cal_indices=cal)["lambda_hat"]
+            return calibrate(store, "crc", alpha=float(a), cal_indices=cal).lambda_hat
         except InsufficientCalibrationError:  # n = 10 calibration images: α ≥ 1/11
             return np.nan
 
@@ -51,7 +51,7 @@ def test_panels_follow_image_and_sliders_and_match_the_core(make_napari_viewer, 
     assert len(drawn) == 1 and np.array_equal(drawn[0].get_ydata(), expected, equal_nan=True)
 
     # the selected image's metrics are the core's evaluate at the current λ̂
-    method = make_method("crc", alpha=0.2)
+    method = make_method("crc")
     prepared = method.prepare(store.image(i), store.samples(i))
     core = method.evaluate(prepared, store.label(i), ws.lambda_hat("crc"), spacing=store.spacing)
     for key in ("coverage", "stretch", "dice", "assd", "hd95"):

@@ -29,10 +29,10 @@ def test_alpha_nu_sliders_members_and_method_switch(make_napari_viewer, qtbot, t
     i = test[0]
 
     def expected_size(name: str, params=None) -> tuple:
-        record = calibrate(store, name, alpha=ws.alpha, nu=ws.nu, cal_indices=cal, params=params)
-        method = make_method(name, alpha=ws.alpha, nu=ws.nu, **(params or {}))
+        record = calibrate(store, name, alpha=ws.alpha, nu=ws.nu, cal_indices=cal, **(params or {}))
+        method = make_method(name, **(params or {}))
         prepared = method.prepare(store.image(i), store.samples(i))
-        return prepared, record["lambda_hat"]
+        return prepared, record.lambda_hat
 
     view.n_spin.setValue(7)
     view.seed_spin.setValue(3)

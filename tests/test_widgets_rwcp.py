@@ -40,7 +40,7 @@ def test_alpha_and_step_sliders_draw_the_core_outputs(explorer, qtbot, tmp_path)
     assert ws.index == i
 
     # independent core computation: fresh method, fresh curves
-    method = make_method("rwcp", alpha=0.2, **FAST_RWCP)
+    method = make_method("rwcp", **FAST_RWCP)
     curves = [method.curve(method.prepare(store.image(j), store.samples(j)), store.label(j)) for j in cal]
     prepared = method.prepare(store.image(i), store.samples(i))
     for alpha in (0.3, 0.45, 0.25):
@@ -54,14 +54,14 @@ def test_alpha_and_step_sliders_draw_the_core_outputs(explorer, qtbot, tmp_path)
         prov = rwcp_layer.metadata["napari_conformal"]
         assert prov["method"] == "rwcp" and prov["alpha"] == a and prov["lambda_hat"] == lam
         assert prov["n"] == len(cal) and prov["image_index"] == i and prov["version"]
-        for name, params in (("crc", {}), ("consema", {"tau": 0.8})):
-            # the companions are what a calibration at this α gives (Consema keeps τ = 1 − α₀ of its calibration)
-            record = calibrate(store, name, alpha=a, cal_indices=cal, params=params)
-            other = make_method(name, alpha=a, **params)
-            expected = other.predict(other.prepare(store.image(i), store.samples(i)), record["lambda_hat"])
+        for name, params in (("crc", {}), ("consema", {})):
+            # the companions are what a calibration at this α gives (Consema: τ = 1 − α follows α)
+            record = calibrate(store, name, alpha=a, cal_indices=cal, **(params or {}))
+            other = make_method(name, **params)
+            expected = other.predict(other.prepare(store.image(i), store.samples(i)), record.lambda_hat)
             layer = explorer.layers.get(f"set:{name}")
             assert_same(layer.data.astype(bool), expected)
-            assert layer.metadata["napari_conformal"]["lambda_hat"] == record["lambda_hat"]
+            assert layer.metadata["napari_conformal"]["lambda_hat"] == record.lambda_hat
             assert layer.contour == 1  # 2D view: contours
 
     diffusion = prepared.extras["diffusion"]
@@ -81,7 +81,7 @@ def test_alpha_and_step_sliders_draw_the_core_outputs(explorer, qtbot, tmp_path)
     values = np.linspace(0.2, 0.4, 9)
     for alpha in values:
         explorer.levels.alpha_slider.setValue(float(alpha))
-    final = make_method("rwcp", alpha=0.2, **FAST_RWCP)
+    final = make_method("rwcp", **FAST_RWCP)
     expected = final.predict(prepared, final.lambda_hat(curves, alpha=ws.alpha))
     qtbot.waitUntil(
         lambda: np.array_equal(explorer.layers.get("set:rwcp").data.astype(bool), expected), timeout=10_000
@@ -119,8 +119,8 @@ def test_user_layers_untouched_export_and_3d(explorer, qtbot, tmp_path):
     own = explorer.layers.get("set:rwcp")
     assert own is not user and own.name != user.name
 
-    method = result.method
-    expected = method.predict(method.prepare(store.image(i), store.samples(i)), result.record["lambda_hat"])
+    method = result.method_object
+    expected = method.predict(method.prepare(store.image(i), store.samples(i)), result.lambda_hat)
     assert own.data.shape == store.spatial_shape
     assert_same(own.data.astype(bool), expected)
 
@@ -138,6 +138,6 @@ def test_user_layers_untouched_export_and_3d(explorer, qtbot, tmp_path):
     set_file = next(p for p in written if p.endswith(".npz") and "RW-CP_set" in p)
     layer_data = get_volume_reader(set_file)(set_file)[0]
     assert_same(layer_data[0].astype(bool), expected)
-    assert layer_data[1]["metadata"]["napari_conformal"]["lambda_hat"] == result.record["lambda_hat"]
+    assert layer_data[1]["metadata"]["napari_conformal"]["lambda_hat"] == result.lambda_hat
     with pytest.raises(ValueError, match="already exists"):
         explorer.export_to(str(out))

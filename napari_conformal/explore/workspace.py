@@ -147,9 +147,12 @@ class Workspace:
         is_new = not self._same_data(identity, cal)
         if is_new:
             self.sessions = {}
-            self.store = store
             self.store_identity = identity
             self.cal_indices = cal
+        elif store is not self.store:  # the same data opened again (e.g. moved): read from the new object
+            for other in self.sessions.values():
+                other.store = store
+        self.store = store
         self.test_indices = test
         session = MethodSession(calibration, store)
         self.sessions[session.name] = session
