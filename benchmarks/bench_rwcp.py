@@ -201,7 +201,7 @@ def bench_table(seeds=(0, 1, 2), n_cal=20, n_test=50, size=128, alphas=(0.2, 0.1
             prepared = {i: method.prepare(images[i], samples[i]) for i in (*cal, *test)}
             curves = [method.curve(prepared[i], labels[i]) for i in cal]
             for alpha in alphas:
-                if name == "consema":  # τ = 1 − α follows α (ALGORITHMS.md §6.16)
+                if name == "consema":  # τ = 1 − α follows α (docs/algorithms.md#consema)
                     method = make_method(name, alpha=alpha)
                     curves = [method.curve(prepared[i], labels[i]) for i in cal]
                 lam = method.lambda_hat(curves, alpha=alpha)

@@ -345,9 +345,12 @@ def cmd_features(args: argparse.Namespace) -> int:
     store = open_store(path, mode="r+")
     if store.has_features and not args.overwrite:
         raise UsageError(f"store {path} already has features; pass --overwrite to replace them")
+    from napari_conformal.core.methods.base import available_methods, method_class
+
     options: dict[str, Any] = {**dict(args.option), "features": args.features}
+    method = next(name for name in available_methods() if method_class(name).uses_features)
     info = _run(
-        iter_cache_features(store, "rwcp", overwrite=args.overwrite, device=args.device, **options),
+        iter_cache_features(store, method, overwrite=args.overwrite, device=args.device, **options),
         "computing features",
         args.quiet,
     )

@@ -268,7 +268,7 @@ def test_load_calibration_publishes_it_and_refuses_bad_files(widget, qtbot, tmp_
 
 
 def test_store_opened_as_layers_is_offered_and_calibrates(widget, qtbot, tmp_path):
-    """SPEC §5 "choose the store (or layers)": a store opened through the reader fills the dock."""
+    """The dock takes "the store (or layers)": a store opened through the reader fills the dock."""
     store_path = _binary_store(tmp_path / "layers.zarr", n=20)
     other = _binary_store(tmp_path / "other.zarr", n=20, seed=3)
     assert widget.layer_store_combo.count() == 1 and not widget.layer_store_combo.isEnabled()

@@ -1,4 +1,4 @@
-"""End-to-end tests of the ``napari-conformal`` command (SPEC §4) with standard CRC."""
+"""End-to-end tests of the ``napari-conformal`` command (docs/user_guide.md, docs/store.md) with standard CRC."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import pytest
 from _widget_data import assert_same, binary_store, calibrated
 
 from napari_conformal.api import calibrate
-from napari_conformal.core.consign import CurveSet, label_regions, make_box, principal_maps, segment
+from napari_conformal.core.consign import label_regions, make_box, principal_maps, segment
 from napari_conformal.core.consign.calibrator import quantile_level_for
 from napari_conformal.core.consign.members import sample_members
 from napari_conformal.core.methods.base import make_method

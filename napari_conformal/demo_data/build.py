@@ -6,7 +6,7 @@ and reuses it afterwards: a store is reused when it opens as a valid dataset sto
 key (builder version, data and weights checksums, T, seed, subset size) matches. The store is
 built under a temporary name and renamed into place, so an interrupted build leaves nothing.
 
-Besides the standard attributes (SPEC §3) the store carries
+Besides the standard attributes (docs/store.md) the store carries
 
 * ``attrs["split"]``: ``{"train": [], "calibration": [...], "test": [...]}``, indices into the store
   (``train`` is empty: the model-training images are not in the store);

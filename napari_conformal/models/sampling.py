@@ -11,7 +11,7 @@ Three samplers share one interface (:class:`SampleGenerator`):
 
 Each sampler reads images ``(N, *S)`` (or ``(N, C, *S)`` with ``channel_axis=0`` per image) and
 returns float32 probabilities ``(N, T, L, *S)`` that sum to 1 over L, the layout of the dataset
-store (SPEC §3); :meth:`SampleGenerator.iter_samples` yields them one image at a time, so stores
+store (docs/store.md); :meth:`SampleGenerator.iter_samples` yields them one image at a time, so stores
 larger than memory can be written image by image. A model returns ``(B, L, *S)`` logits (softmax is
 applied), or probabilities with ``output="probabilities"``; a single output channel is read as a
 binary foreground logit/probability and expanded to L = 2 (background, foreground).

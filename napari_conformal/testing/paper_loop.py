@@ -1,6 +1,6 @@
 """The reference calibration loop of the CONSIGN paper (Algorithms 1 + 2), as a baseline.
 
-Written from ALGORITHMS.md §1.7–1.8 (not from the GPL reference code) to
+Written from the algorithm as docs/algorithms.md#calibration-search describes it (not from the GPL reference code) to
 compare speed and λ̂ against :mod:`.search`. It walks ``λ = λ₀ + j·step``
 (computed exactly, not accumulated) and, at every step, runs Algorithm 2 on
 every calibration image that is not yet covered:
@@ -41,7 +41,7 @@ __all__ = ["PaperLoopConfig", "PaperLoopResult", "paper_loop_calibration", "pape
 
 @dataclass(frozen=True)
 class PaperLoopConfig:
-    """Reference defaults of ``code/config_cp.py`` (ALGORITHMS.md §1.10)."""
+    """Reference defaults of ``code/config_cp.py`` (docs/algorithms.md#calibration-search)."""
 
     lam0: float = 0.01
     step: float = 0.01

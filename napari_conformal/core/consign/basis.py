@@ -1,4 +1,4 @@
-"""Per-image principal basis of the model's samples (CONSIGN eqs. 4–5, ALGORITHMS.md §1.2–1.3).
+"""Per-image principal basis of the model's samples (CONSIGN eqs. 4–5; docs/algorithms.md#principal-basis).
 
 For one image with T softmax samples ``f^(t) ∈ [0, 1]^{L×S}`` flattened
 label-major to ``s_t ∈ R^D`` (``D = L·|S|``)::

@@ -1,4 +1,4 @@
-"""The λ-scaled box of principal-component coefficients (CONSIGN eq. 6, ALGORITHMS.md §1.4).
+"""The λ-scaled box of principal-component coefficients (CONSIGN eq. 6; docs/algorithms.md#coefficient-box).
 
 With the quantiles ``a_k, b_k`` of eq. 5 and the singular values σ_k::
 

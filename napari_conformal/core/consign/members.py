@@ -9,7 +9,7 @@ box (eq. 7; P = argmax over labels, ties to the lower label):
   Python loop over K or L;
 * :func:`segment_batch` — many coefficient vectors at once (chunked);
 * :func:`sample_coefficients` / :func:`sample_members` — N members with
-  coefficients uniform in the box (ALGORITHMS.md §1.9);
+  coefficients uniform in the box (docs/algorithms.md#sampling-members);
 * :func:`principal_maps` — the K directions as (L, *S) maps;
 * :func:`~napari_conformal.core.consign.intervals.label_regions` — labels a
   pixel takes in every / some member (re-exported here).

@@ -17,7 +17,7 @@ rounding luck), and it does not depend on the batch beyond float64 round-off. A 
 float32 rendering of the same member (:func:`.members.segment`) can differ
 only at pixels whose top two scores are within float32 rounding.
 
-The soft surrogate (ALGORITHMS.md §1.8) replaces the indicator of a free
+The soft surrogate (docs/algorithms.md#calibration-search) replaces the indicator of a free
 pixel by its temperature softmax ``q_p = softmax_l(s(p)/τ)_{Y_p}``; fixed
 pixels keep their constant hard contribution (their q is 0 or 1 to within
 exp(−margin/τ), and they carry no gradient)::

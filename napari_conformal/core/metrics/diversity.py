@@ -1,4 +1,4 @@
-"""Metrics over N sampled members of a segmentation set (CONSIGN §3.2, ALGORITHMS.md §3).
+"""Metrics over N sampled members of a segmentation set (CONSIGN §3.2; docs/algorithms.md#metrics).
 
 Given N label maps drawn from a method's prediction set (``samples``, shape
 ``(N, *S)``, integer labels):
@@ -26,7 +26,7 @@ Given N label maps drawn from a method's prediction set (``samples``, shape
   the N samples taken as N variables over the uncertain pixels (label indices
   as numbers), NaN (constant sample) replaced by 0. Reported as the mean over
   all N×N entries (diagonal included, the reference code's value) and as the
-  off-diagonal mean ``2/(N(N−1)) Σ_{s<s'} ρ_{ss'}`` (ALGORITHMS.md §6 item 9).
+  off-diagonal mean ``2/(N(N−1)) Σ_{s<s'} ρ_{ss'}`` (docs/algorithms.md#choices-where-the-papers-are-silent).
   With ≤ 1 uncertain pixel both are 1.
 
 :func:`diversity_curves` draws max(N) samples once and evaluates all three on

@@ -1,4 +1,4 @@
-"""Segmentation-set metrics (RW-CP §4.3, ALGORITHMS.md §4.6), 2D and 3D, spacing-aware.
+"""Segmentation-set metrics (RW-CP §4.3; docs/algorithms.md#metrics), 2D and 3D, spacing-aware.
 
 All functions take binary masks (bool or integer arrays, nonzero = inside) of
 one shape ``S`` = (Y, X) or (Z, Y, X) (any ndim ≥ 1 works) and return Python
@@ -30,7 +30,7 @@ Empty-mask policy
 One rule: **a metric is NaN exactly when its defining ratio has a zero
 denominator or a distance has no contour to measure from or to.** Nothing
 raises for empty masks; means over images use :func:`nanmean_metrics`,
-which skips NaN (ALGORITHMS.md §6 items 13, 14).
+which skips NaN (docs/algorithms.md#choices-where-the-papers-are-silent).
 
 ============================  ===============================================
 case                          value

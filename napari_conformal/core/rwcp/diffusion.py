@@ -1,6 +1,6 @@
 """Random-walk diffusion of a probability map over the feature graph.
 
-RW-CP (Gaillochet et al., eq. 9 and §4.2.2; ALGORITHMS.md §4.2, §4.4, §6.12)
+RW-CP (Gaillochet et al., eq. 9 and §4.2.2; docs/algorithms.md#diffusion)
 moves the foreground probability S⁽⁰⁾ of the segmentation model to the
 feature grid, applies the transition matrix n_step times and brings the
 result back to the image grid::

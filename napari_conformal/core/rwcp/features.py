@@ -575,7 +575,7 @@ class HFViTExtractor(SliceNetworkExtractor):
     input_scale : float
         The slice is resized by this factor (then up to a multiple of the
         patch size) before the ViT: 2 doubles the node grid per axis
-        (ALGORITHMS.md §6.11's higher-resolution option).
+        (the higher-resolution option of docs/algorithms.md#features).
     batch_size : int
         Slices per forward pass.
     """

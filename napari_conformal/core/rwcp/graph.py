@@ -1,6 +1,6 @@
 """The kNN graph of feature vectors and its random-walk transition matrix P.
 
-RW-CP (Gaillochet et al., eqs. 7–8; ALGORITHMS.md §4.2) links every node j
+RW-CP (Gaillochet et al., eqs. 7–8; docs/algorithms.md#graph) links every node j
 (a pixel or voxel of the feature grid) to its k most cosine-similar other
 nodes ``N(j)`` and weights the edges with an exponential kernel::
 

@@ -100,7 +100,7 @@ def set_size_map(prepared: PixelwiseScores, lam: float) -> np.ndarray:
 
 
 def log10_volume(prepared: PixelwiseScores, lam: float) -> float:
-    """``log10 Π_p |T_λ(X)_p|``: the number of segmentations in the set (ALGORITHMS.md §3)."""
+    """``log10 Π_p |T_λ(X)_p|``: the number of segmentations in the set (docs/algorithms.md#metrics)."""
     return float(np.log10(set_size_map(prepared, lam)).sum())
 
 
