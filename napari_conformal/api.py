@@ -174,7 +174,7 @@ def feature_cache_matches(data: Any, method: ConformalMethod) -> bool:
 
 def _prepare(method: ConformalMethod, data: Any, image: Any, cached: bool) -> Any:
     """``method.prepare`` of one validated image (:class:`~napari_conformal.io.dataset.ImageData`)."""
-    kwargs: dict[str, Any] = {"stored_dtype": data.samples_dtype}
+    kwargs: dict[str, Any] = {"stored_dtype": data.samples_dtype, "validated": True}
     if cached:
         kwargs["features"] = data.features(image.index)  # (C, *S') float32; prepare checks its grid
     return method.prepare(image.image, image.samples, **kwargs)

@@ -268,18 +268,20 @@ def check_samples(
         )
     if not np.issubdtype(arr.dtype, np.floating):
         raise StoreValidationError(f"{name}: dtype {arr.dtype}, expected floating-point probabilities")
-    _check_finite(name, arr)
-    lo, hi = float(arr.min()), float(arr.max())
+    # float16 arithmetic is emulated by numpy: check a float32 copy (exact for float16 values)
+    values = arr.astype(np.float32) if arr.dtype == np.float16 else arr
+    _check_finite(name, values)
+    lo, hi = float(values.min()), float(values.max())
     if hi == 0.0:
         raise StoreValidationError(f"{name}: all probabilities are 0 (was this image ever written?)")
     if lo < 0.0:
-        at = _where(arr < 0)
-        raise StoreValidationError(f"{name}: negative probability {arr[at]} at (t, l, *pixel) = {at}")
+        at = _where(values < 0)
+        raise StoreValidationError(f"{name}: negative probability {values[at]} at (t, l, *pixel) = {at}")
     if hi > 1.0:
-        at = _where(arr > 1)
-        raise StoreValidationError(f"{name}: probability {arr[at]} > 1 at (t, l, *pixel) = {at}")
+        at = _where(values > 1)
+        raise StoreValidationError(f"{name}: probability {values[at]} > 1 at (t, l, *pixel) = {at}")
     tol = sum_tolerance(arr.dtype if stored_dtype is None else stored_dtype) if atol is None else float(atol)
-    total = arr.sum(axis=1, dtype=np.float32)
+    total = values.sum(axis=1, dtype=np.float32)
     dev = np.abs(total - np.float32(1.0))
     worst = float(dev.max())
     if worst > tol:

@@ -271,6 +271,11 @@ class ConformalMethod(ABC, Generic[P, C, S]):
             The image (methods that do not look at it accept None).
         samples : ndarray, shape (T, L, *S)
             T softmax samples of the model (float16/32/64).
+        **kwargs
+            ``stored_dtype`` (how the samples were stored: the sum tolerance of
+            :func:`~napari_conformal.core.validation.check_samples`), ``validated`` (the values were
+            checked already, by :func:`~napari_conformal.io.dataset.read_image`: only the layout is
+            checked again), and method-specific inputs (RW-CP: ``features``).
         """
 
     @abstractmethod

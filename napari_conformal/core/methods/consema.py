@@ -223,7 +223,9 @@ class ConsemaMethod(ConformalMethod[ConsemaPrepared, ConsemaCurve, np.ndarray]):
 
     def prepare(self, image: np.ndarray | None, samples: np.ndarray, **kwargs: Any) -> ConsemaPrepared:
         """``S⁽⁰⁾``, ``Ŷ`` and the dilation-count map of one image (``stored_dtype=`` sets the sum tolerance)."""
-        base = foreground_probability(samples, self.fg_class, stored_dtype=kwargs.get("stored_dtype"))
+        base = foreground_probability(
+            samples, self.fg_class, stored_dtype=kwargs.get("stored_dtype"), validated=kwargs.get("validated", False)
+        )
         if image is not None and np.shape(image) != base.shape:
             raise StoreValidationError(
                 f"image shape {np.shape(image)} does not match the samples' spatial shape {base.shape}"

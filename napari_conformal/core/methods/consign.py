@@ -187,7 +187,8 @@ class ConsignMethod(ConformalMethod[ImageBasis, ConsignCurve, ConsignSet]):
 
     def prepare(self, image: np.ndarray | None, samples: np.ndarray, **kwargs: Any) -> ImageBasis:
         """Principal basis of the image's samples ``(T, L, *S)`` (the image itself is not used)."""
-        check_samples(samples, stored_dtype=kwargs.get("stored_dtype"))
+        if not kwargs.get("validated", False):
+            check_samples(samples, stored_dtype=kwargs.get("stored_dtype"))
         check_k(self.k, np.shape(samples)[0])
         return compute_basis(samples, self.k, device=self.torch_device)
 

@@ -64,7 +64,9 @@ class PixelwiseMethod(ConformalMethod[PixelwiseScores, MembershipCurve, np.ndarr
 
     def prepare(self, image: np.ndarray | None, samples: np.ndarray, **kwargs: Any) -> PixelwiseScores:
         """Validate the samples, average them and score every label (``stored_dtype=`` sets the sum tolerance)."""
-        probs = mean_probabilities(samples, image, stored_dtype=kwargs.get("stored_dtype"))
+        probs = mean_probabilities(
+            samples, image, stored_dtype=kwargs.get("stored_dtype"), validated=kwargs.get("validated", False)
+        )
         return PixelwiseScores.from_scores(self.scores(probs))
 
     def curve(

@@ -218,6 +218,7 @@ class RWCPMethod(ThresholdFNRMethod):
         *,
         features: np.ndarray | FeatureMap | None = None,
         stored_dtype: Any = None,
+        validated: bool = False,
         progress: Progress | None = None,
         should_stop: ShouldStop | None = None,
     ) -> ThresholdPrepared:
@@ -239,7 +240,7 @@ class RWCPMethod(ThresholdFNRMethod):
         ThresholdPrepared
             ``score`` = ``S⁽ⁿ⁾``; ``extras["diffusion"]`` keeps every step.
         """
-        base = foreground_probability(samples, self.fg_class, stored_dtype=stored_dtype)
+        base = foreground_probability(samples, self.fg_class, stored_dtype=stored_dtype, validated=validated)
         if image is not None and np.shape(image) != base.shape:
             raise StoreValidationError(
                 f"image shape {np.shape(image)} does not match the samples' spatial shape {base.shape}"

@@ -118,7 +118,9 @@ class ThresholdFNRMethod(ConformalMethod[ThresholdPrepared, np.ndarray, np.ndarr
         stored_dtype : dtype, optional
             How the samples were stored (sets the sum tolerance).
         """
-        base = foreground_probability(samples, self.fg_class, stored_dtype=kwargs.get("stored_dtype"))
+        base = foreground_probability(
+            samples, self.fg_class, stored_dtype=kwargs.get("stored_dtype"), validated=kwargs.get("validated", False)
+        )
         if image is not None and np.shape(image) != base.shape:
             raise StoreValidationError(
                 f"image shape {np.shape(image)} does not match the samples' spatial shape {base.shape}"
