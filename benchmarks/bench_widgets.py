@@ -71,9 +71,10 @@ def make_stores(folder: Path, shape: tuple[int, ...], n: int) -> tuple[Path, Pat
 
 
 def publish(viewer, store_path: Path, method: str, **kwargs):
-    from napari_conformal._widgets._common import context_for
-    from napari_conformal.api import drive
     from napari_conformal.explore.calibrated import iter_calibrate_keeping_curves
+
+    from napari_conformal._widgets._context import context_for
+    from napari_conformal.api import drive
     from napari_conformal.io.store import open_store
 
     store = open_store(store_path)

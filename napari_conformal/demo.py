@@ -157,7 +157,7 @@ def _wait(condition: Callable[[], bool], timeout_s: float) -> bool:
 
 
 def _explorers_settled(viewer: Any) -> bool:
-    from napari_conformal._widgets._common import ExplorerBase
+    from napari_conformal._widgets._explorer import ExplorerBase
 
     widgets = [w for w in viewer.window.dock_widgets.values() if isinstance(w, ExplorerBase)]
     return all(w.settled() for w in widgets)

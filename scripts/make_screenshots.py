@@ -91,9 +91,10 @@ def publish(
     viewer, store_path: Path, method: str, *, alpha: float, nu: float | None = None, k=None, params=None
 ):
     """Calibrate ``method`` (half of the images) and publish it into the viewer's workspace."""
-    from napari_conformal._widgets._common import context_for
-    from napari_conformal.api import drive
     from napari_conformal.explore.calibrated import iter_calibrate_keeping_curves
+
+    from napari_conformal._widgets._context import context_for
+    from napari_conformal.api import drive
     from napari_conformal.io.indices import random_split
     from napari_conformal.io.store import open_store
 

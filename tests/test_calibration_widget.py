@@ -226,7 +226,7 @@ def test_dock_cli_and_api_write_the_same_calibration(widget, qtbot, tmp_path, me
 def test_load_calibration_publishes_it_and_refuses_bad_files(widget, qtbot, tmp_path):
     from napari.utils.notifications import notification_manager
 
-    from napari_conformal._widgets._common import context_for
+    from napari_conformal._widgets._context import context_for
 
     seen: list[str] = []
     notification_manager.notification_ready.connect(lambda n: seen.append(str(n.message)))

@@ -21,7 +21,7 @@ def demo_store(tmp_path_factory):
 
 def test_docks_added_by_napari_share_one_workspace(make_napari_viewer):
     """napari gives each plugin widget its own proxy of the viewer; all docks must still share one state."""
-    from napari_conformal._widgets._common import context_for
+    from napari_conformal._widgets._context import context_for
     from napari_conformal.demo import add_plugin_docks
 
     viewer = make_napari_viewer(show=True)

@@ -61,11 +61,17 @@ def _option_input(opt: Any) -> QWidget:
     elif opt.kind in ("int", "float") and not (opt.optional or opt.default is None):
         if opt.kind == "int":
             spin: Any = QSpinBox()
-            spin.setRange(int(opt.minimum if opt.minimum is not None else -(2**31)), int(opt.maximum if opt.maximum is not None else 2**31 - 1))
+            spin.setRange(
+                int(opt.minimum if opt.minimum is not None else -(2**31)),
+                int(opt.maximum if opt.maximum is not None else 2**31 - 1),
+            )
         else:
             spin = QDoubleSpinBox()
             spin.setDecimals(4)
-            spin.setRange(float(opt.minimum if opt.minimum is not None else -1e9), float(opt.maximum if opt.maximum is not None else 1e9))
+            spin.setRange(
+                float(opt.minimum if opt.minimum is not None else -1e9),
+                float(opt.maximum if opt.maximum is not None else 1e9),
+            )
         spin.setValue(opt.default)
         widget = spin
     else:  # optional numbers, text, JSON: empty means the automatic default
@@ -144,7 +150,9 @@ class CalibrationWidget(QWidget):
                 form.addRow(QLabel("no options"))
             self.option_inputs[name] = inputs
             self.option_stack.addWidget(page)
-        self.alpha_spin = self._double(0.001, 0.999, 0.1, 3, "risk level α: the set misses with probability ≤ α")
+        self.alpha_spin = self._double(
+            0.001, 0.999, 0.1, 3, "risk level α: the set misses with probability ≤ α"
+        )
         self.nu_spin = self._double(0.0, 0.999, 0.9, 3, "label-wise accuracy ν a member must exceed")
         self.fraction_spin = self._double(0.05, 0.95, 0.5, 2, "fraction of images used for calibration")
         self.store_split_check = QCheckBox("use the store's own split when it has one")
@@ -403,10 +411,12 @@ class CalibrationWidget(QWidget):
         self._publish(calibration, store, test)
 
     def _publish(self, calibration: Any, store: Any, test: list[int] | None) -> None:
-        from napari_conformal._widgets._common import context_for
+        from napari_conformal._widgets._context import context_for
 
         method = calibration.method_object
-        levels = f"α = {calibration.alpha:g}" + ("" if calibration.nu is None else f", ν = {calibration.nu:g}")
+        levels = f"α = {calibration.alpha:g}" + (
+            "" if calibration.nu is None else f", ν = {calibration.nu:g}"
+        )
         workspace = context_for(self.viewer).workspace
         session = workspace.publish(store, calibration, test)
         n_test = len(workspace.test_indices)
@@ -421,7 +431,8 @@ class CalibrationWidget(QWidget):
         """Show image ``index`` and (for single-mask methods) its set in the plugin's shared layers."""
         import numpy as np
 
-        from napari_conformal._widgets._common import colour, context_for
+        from napari_conformal._widgets._context import context_for
+        from napari_conformal._widgets._display import colour
 
         context = context_for(self.viewer)
         calibration = session.calibration
@@ -495,7 +506,9 @@ class CalibrationWidget(QWidget):
                 )
             store = open_store(where, mode="r")
             if store.identity() != calibration.store.identity:
-                raise ConformalError(f"{where} is not the store {Path(path).name} was calibrated on (its content differs)")
+                raise ConformalError(
+                    f"{where} is not the store {Path(path).name} was calibrated on (its content differs)"
+                )
         except (ConformalError, OSError) as exc:
             self._error(exc)
             return False

@@ -34,7 +34,9 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from napari_conformal._widgets._common import ExplorerBase, LevelSliders, title
+from napari_conformal._widgets._controls import LevelSliders
+from napari_conformal._widgets._display import title
+from napari_conformal._widgets._explorer import ExplorerBase
 from napari_conformal.errors import ConformalError
 
 if TYPE_CHECKING:

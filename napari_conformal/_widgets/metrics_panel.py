@@ -27,7 +27,8 @@ import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSizePolicy
 
-from napari_conformal._widgets._common import ExplorerBase, colour, title
+from napari_conformal._widgets._display import colour, title
+from napari_conformal._widgets._explorer import ExplorerBase
 from napari_conformal.errors import ConformalError
 
 if TYPE_CHECKING:

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QPushButton, QSpinBox
 
-from napari_conformal._widgets._common import ExplorerBase, LevelSliders, title
+from napari_conformal._widgets._controls import LevelSliders
+from napari_conformal._widgets._display import title
+from napari_conformal._widgets._explorer import ExplorerBase
 from napari_conformal.errors import ConformalError
 
 if TYPE_CHECKING:

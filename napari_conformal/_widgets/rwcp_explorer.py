@@ -17,14 +17,15 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QPushButton
 
-from napari_conformal._widgets._common import ExplorerBase, LevelSliders, colour, title
+from napari_conformal._widgets._controls import LevelSliders
+from napari_conformal._widgets._display import colour, title
+from napari_conformal._widgets._explorer import ExplorerBase
 from napari_conformal.errors import ConformalError
 
 if TYPE_CHECKING:
     import napari
 
 __all__ = ["RWCPExplorer"]
-
 
 
 def _primary() -> str:

@@ -1,0 +1,100 @@
+"""One context per viewer: the shared workspace of its docks and the plugin's layers in it.
+
+napari hands each plugin widget its own proxy of the viewer; :func:`context_for` keys by the viewer
+behind the proxy, so every dock of one viewer shares one
+:class:`~napari_conformal.explore.workspace.Workspace`.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from napari_conformal._widgets._layers import ResultLayers
+from napari_conformal.errors import ConformalError
+from napari_conformal.explore.workspace import Workspace
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["ViewerContext", "context_for", "unwrap_viewer"]
+
+
+@dataclass
+class ViewerContext:
+    """Workspace and plugin layers of one viewer."""
+
+    workspace: Workspace
+    layers: ResultLayers
+
+    def show_image(self, index: int) -> Any:
+        """Show image ``index`` of the workspace's store in the shared ``image`` layer."""
+        ws = self.workspace
+        store = ws.store
+        meta = {
+            "napari_conformal": {
+                "store": {"path": str(store.path), "identity": ws.store_identity},
+                "array": "images",
+                "image_index": int(index),
+            }
+        }
+        return self.layers.show(
+            "image", "image", store.image(index), name=f"image {index}", metadata=meta, scale=store.spacing
+        )
+
+    def ensure_image(self, index: int) -> Any:
+        """The shared ``image`` layer, showing image ``index`` (updated only when it shows another)."""
+        layer = self.layers.get("image")
+        if layer is None or (layer.metadata.get("napari_conformal") or {}).get("image_index") != index:
+            layer = self.show_image(index)
+        return layer
+
+
+_CONTEXTS: dict[int, ViewerContext] = {}
+
+
+def unwrap_viewer(viewer: napari.Viewer) -> napari.Viewer:
+    """The viewer behind napari's ``PublicOnlyProxy``.
+
+    napari hands each plugin widget its own proxy of the viewer, so proxies of
+    one viewer are different objects: anything keyed by viewer identity must
+    key by the viewer they wrap.
+    """
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+def context_for(viewer: napari.Viewer) -> ViewerContext:
+    """The :class:`ViewerContext` of ``viewer`` (created on first use, dropped with the viewer).
+
+    Every dock of one viewer gets the same context, whether napari injected the
+    viewer itself or a proxy of it.
+    """
+    viewer = unwrap_viewer(viewer)
+    key = id(viewer)
+    ctx = _CONTEXTS.get(key)
+    if ctx is None or ctx.layers.viewer is not viewer:
+        ctx = ViewerContext(workspace=Workspace(), layers=ResultLayers(viewer))
+        _CONTEXTS[key] = ctx
+        weakref.finalize(viewer, _CONTEXTS.pop, key, None)
+        viewer.layers.selection.events.active.connect(partial(_follow_active_layer, weakref.ref(ctx)))
+    return ctx
+
+
+def _follow_active_layer(ctx_ref: Callable[[], ViewerContext | None], event: Any) -> None:
+    """Selecting a plugin layer of another image makes that image current (panels follow)."""
+    ctx = ctx_ref()
+    layer = getattr(event, "value", None)
+    if ctx is None or layer is None or not ctx.workspace.ready:
+        return
+    prov = (getattr(layer, "metadata", None) or {}).get("napari_conformal") or {}
+    index = prov.get("image_index")
+    store = prov.get("store") or {}
+    if index is None or store.get("identity") != ctx.workspace.store_identity:
+        return
+    try:
+        ctx.workspace.index = int(index)
+    except ConformalError:
+        pass
