@@ -358,7 +358,8 @@ def main() -> None:
     results: dict[str, Any] = {
         "machine": _machine(),
         "settings": (
-            f"linear/workers: {shape} images, T = {args.t}, float16 samples; "
+            ("--quick smoke test; " if args.quick else "")
+            + f"linear/workers: {shape} images, T = {args.t}, float16 samples; "
             f"memory: {tuple(args.memory_shape)} images, T = {args.t}; "
             f"torch threads for 'linear': {args.torch_threads or 'default'}; "
             f"methods {', '.join(f'{m} {METHODS[m][1]}' for m in {*methods, workers_method})}"
