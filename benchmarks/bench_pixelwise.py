@@ -13,6 +13,9 @@ not timed):
   ``evaluate`` with Chao1/SEC/correlation at N ∈ {10, 50, 100, 500, 1000};
 * the 3D path: ``prepare`` + ``curve`` of a 64³ volume (SACP: 7×7×7 box).
 
+Methods are made with their options only (``make_method(name, **options)``); (α, ν) are keyword
+arguments of ``lambda_hat`` / ``predict`` / ``evaluate``, as in the engine's method protocol.
+
 Usage::
 
     python benchmarks/bench_pixelwise.py [--quick] [--out docs/benchmarks_pixelwise.md]
@@ -29,8 +32,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from napari_conformal.core.methods import pixelwise as pw
 from napari_conformal.core.methods.base import make_method
+from napari_conformal.core.scores.membership import accuracy_in
 from napari_conformal.testing.synthetic import lowrank_multiclass_dataset
 
 CONFIGS: list[tuple[str, str, dict]] = [
@@ -63,7 +66,7 @@ def _data(n: int, shape: tuple[int, ...], t: int, batch: int = 10, seed: int = 1
         yield from zip(samples, labels, strict=True)
 
 
-def _grid_lambda(method, prepared, labels, alpha: float, nu: float, step: float = 0.01) -> float:
+def _grid_lambda(prepared, labels, alpha: float, nu: float, step: float = 0.01) -> float:
     """Reference Algorithm 3: scan λ = j·step, keep covered images covered, stop at the CRC bound."""
     n = len(prepared)
     allowed = math.floor((n + 1) * alpha - 1 + 1e-12)
@@ -72,7 +75,7 @@ def _grid_lambda(method, prepared, labels, alpha: float, nu: float, step: float 
     while True:
         lam = j * step
         for i in np.flatnonzero(~covered):
-            covered[i] = pw.accuracy_in(prepared[i], labels[i], lam) > nu
+            covered[i] = accuracy_in(prepared[i], labels[i], lam) > nu
         if n - covered.sum() <= allowed:
             return lam
         j += 1
@@ -96,15 +99,15 @@ def bench_calibration(n: int, size: int, t: int) -> tuple[list[str], dict[str, f
     ]
     lams = {}
     for title, name, kwargs in CONFIGS:
-        method = make_method(name, alpha=ALPHA, nu=NU, **kwargs)
+        method = make_method(name, **kwargs)
         t0 = time.perf_counter()
         prepared = [method.prepare(None, s) for s, _ in images]
         curves = [method.curve(p, y) for p, (_, y) in zip(prepared, images, strict=True)]
         per_image = (time.perf_counter() - t0) / n
-        t_hat, lam = _timed(lambda m=method, c=curves: m.lambda_hat(c), repeat=3)
-        t_nu, _ = _timed(lambda m=method, c=curves: m.lambda_hat(c, nu=0.85), repeat=3)
+        t_hat, lam = _timed(lambda m=method, c=curves: m.lambda_hat(c, alpha=ALPHA, nu=NU), repeat=3)
+        t_nu, _ = _timed(lambda m=method, c=curves: m.lambda_hat(c, alpha=ALPHA, nu=0.85), repeat=3)
         labels = [y for _, y in images]
-        t_grid, lam_grid = _timed(lambda m=method, p=prepared, y=labels: _grid_lambda(m, p, y, ALPHA, NU))
+        t_grid, lam_grid = _timed(lambda p=prepared, y=labels: _grid_lambda(p, y, ALPHA, NU))
         # the grid answer is the exact λ̂ rounded up to the 0.01 grid
         if lam_grid != _ceil_to_grid(lam, 0.01):
             raise AssertionError(
@@ -125,13 +128,17 @@ def bench_sets(size: int, t: int, lams: dict[str, float]) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for title, name, kwargs in CONFIGS:
-        method = make_method(name, alpha=ALPHA, nu=NU, **kwargs)
+        method = make_method(name, **kwargs)
         prepared = method.prepare(None, samples)
         lam = lams[title]
-        t_masks, _ = _timed(lambda m=method, p=prepared, x=lam: m.predict(p, x), repeat=5)
+        t_masks, _ = _timed(lambda m=method, p=prepared, x=lam: m.predict(p, x, alpha=ALPHA, nu=NU), repeat=5)
         t_size, sizes = _timed(lambda m=method, p=prepared, x=lam: m.set_size_map(p, x), repeat=5)
         t_draw, _ = _timed(lambda m=method, p=prepared, x=lam: m.sample_members(p, x, 1000, 0), repeat=3)
-        t_eval, _ = _timed(lambda m=method, p=prepared, x=lam: m.evaluate(p, label, x, n_samples=N_VALUES))
+        t_eval, _ = _timed(
+            lambda m=method, p=prepared, x=lam: m.evaluate(
+                p, label, x, alpha=ALPHA, nu=NU, n_samples=N_VALUES
+            )
+        )
         rows.append(
             f"| {title} | {1e3 * t_masks:.3f} | {1e3 * t_size:.3f} | {1e3 * t_draw:.0f} | {t_eval:.2f} "
             f"| {float(np.mean(sizes)):.3f} |"
@@ -146,7 +153,7 @@ def bench_3d(size: int, t: int, lams: dict[str, float]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for title, name, kwargs in CONFIGS:
-        method = make_method(name, alpha=ALPHA, nu=NU, **kwargs)
+        method = make_method(name, **kwargs)
         t_prep, prepared = _timed(lambda m=method: m.prepare(None, samples))
         t_curve, _ = _timed(lambda m=method, p=prepared: m.curve(p, label))
         lam = lams[title]

@@ -16,6 +16,15 @@ Measures (CPU, ``torch.set_num_threads(--threads)``, default 2):
   coverage, stretch, DSC, ASSD, HD95 for CRC, Consema and RW-CP at
   α ∈ {0.2, 0.1, 0.05}.
 
+Methods are made with their options only (``make_method("rwcp", device="cpu")``: k = 20, β = 50,
+10 steps are the defaults); α is a keyword argument of ``lambda_hat`` and ``evaluate``. Consema's
+coverage ratio τ follows α (τ = 1 − α, its ``tau`` option unset), and its curves keep every
+ground-truth pixel's dilation distance, so the table reduces one set of Consema curves at every α
+(before the method protocol, the script rebuilt Consema and its curves for each α; same λ̂).
+
+``--quick`` is a smoke test: a 128² image and a 16³ volume instead of 512² and 128³, few
+repeats, and with ``--table`` one seed of 32² images (n_cal = 20, 3 test images).
+
 Usage::
 
     python benchmarks/bench_rwcp.py [--quick] [--table] [--threads 2] [--out docs/benchmarks_rwcp.md]
@@ -158,7 +167,7 @@ def bench_model_load() -> float:
 def bench_lambda(n: int = 500, seed: int = 0) -> dict:
     """λ̂ from cached curves: first call (sort) and later α changes."""
     rng = np.random.default_rng(seed)
-    method = make_method("rwcp", alpha=0.1, device="cpu")
+    method = make_method("rwcp", device="cpu")
     sizes = rng.integers(500, 4000, size=n)
     curves = []
     for size in sizes:
@@ -197,15 +206,12 @@ def bench_table(seeds=(0, 1, 2), n_cal=20, n_test=50, size=128, alphas=(0.2, 0.1
         results.setdefault(("base", None), []).append({k: np.nanmean([r[k] for r in rows]) for k in keys})
         for name in ("crc", "consema", "rwcp"):
             kw = {"device": "cpu"} if name == "rwcp" else {}
-            method = make_method(name, alpha=0.1, **kw)
+            method = make_method(name, **kw)  # Consema: tau unset, so τ = 1 − α at each α
             prepared = {i: method.prepare(images[i], samples[i]) for i in (*cal, *test)}
             curves = [method.curve(prepared[i], labels[i]) for i in cal]
             for alpha in alphas:
-                if name == "consema":  # τ = 1 − α follows α (docs/algorithms.md#consema)
-                    method = make_method(name, alpha=alpha)
-                    curves = [method.curve(prepared[i], labels[i]) for i in cal]
                 lam = method.lambda_hat(curves, alpha=alpha)
-                rows = [method.evaluate(prepared[i], labels[i], lam) for i in test]
+                rows = [method.evaluate(prepared[i], labels[i], lam, alpha=alpha) for i in test]
                 results.setdefault((name, alpha), []).append(
                     {k: np.nanmean([r[k] for r in rows]) for k in keys}
                 )
@@ -237,7 +243,7 @@ def bench_table(seeds=(0, 1, 2), n_cal=20, n_test=50, size=128, alphas=(0.2, 0.1
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--quick", action="store_true", help="smoke test: small inputs, fewer repeats")
     parser.add_argument(
         "--table", action="store_true", help="also run the synthetic Table-1-shaped comparison"
     )
@@ -247,11 +253,12 @@ def main() -> None:
 
     lines = ["## Machine", "", *_machine(), ""]
     t_load = bench_model_load()
-    rep2, rep3 = (3, 1) if args.quick else (15, 3)
+    rep2, rep3 = (2, 1) if args.quick else (15, 3)
+    side2, side3 = (128, 16) if args.quick else (512, 128)
     runs = [
-        ("512² image (auto grid)", bench_pipeline((512, 512), rep2)),
-        ("512² image, stride 4", bench_pipeline((512, 512), max(1, rep2 // 2), grid_stride=4)),
-        ("128³ volume (auto grid)", bench_pipeline((128, 128, 128), rep3)),
+        (f"{side2}² image (auto grid)", bench_pipeline((side2, side2), rep2)),
+        (f"{side2}² image, stride 4", bench_pipeline((side2, side2), max(1, rep2 // 2), grid_stride=4)),
+        (f"{side3}³ volume (auto grid)", bench_pipeline((side3,) * 3, rep3)),
     ]
     lines += [
         "## Per-image time and memory (CPU)",
@@ -297,14 +304,20 @@ def main() -> None:
         "",
     ]
     if args.table:
+        table = {"seeds": (0,), "n_cal": 20, "n_test": 3, "size": 32} if args.quick else {}
+        what = (
+            "32², n_cal = 20, 3 test images, seed 0 (--quick)"
+            if args.quick
+            else "128², T = 8 samples, noise = 2, n_cal = 20, 50 test images per seed, seeds 0–2 (fresh data per seed)"
+        )
         lines += [
             "## Table-1-shaped synthetic comparison",
             "",
-            "`binary_blobs_dataset`, 128², T = 8 samples, noise = 2, n_cal = 20, 50 test images per seed, "
-            "seeds 0–2 (fresh data per seed); mean ± std over seeds of the per-seed test means. RW-CP: "
-            "EfficientNet-Lite0 features on the automatic grid (stride 2, 64² nodes), k = 20, β = 50, 10 steps.",
+            f"`binary_blobs_dataset`, {what}; mean ± std over seeds of the per-seed test means. RW-CP: "
+            "EfficientNet-Lite0 features on the automatic grid (stride 2, 64² nodes for 128²), k = 20, β = 50, "
+            "10 steps. Consema: τ = 1 − α.",
             "",
-            *bench_table(),
+            *bench_table(**table),
             "",
         ]
     text = "\n".join(lines)

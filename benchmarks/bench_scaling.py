@@ -1,6 +1,12 @@
 """Scaling of calibration: time against n, 1 against 2 dask workers, peak memory against store size.
 
-Run: ``python benchmarks/bench_scaling.py [--parts linear,workers,memory] [--out docs/benchmarks_scaling.md]``.
+Run: ``python benchmarks/bench_scaling.py [--quick] [--parts linear,workers,memory] [--out docs/benchmarks_scaling.md]``.
+
+``--quick`` is a smoke test of every part: stores of 10 and 20 images of 16², T = 6, one timing per
+worker setting (the other size flags are ignored).
+
+Method options are keyword arguments of :func:`~napari_conformal.api.calibrate` (``k``,
+``features``, ``grid_stride``, ``device``; no ``params`` dict), as on the command line.
 
 Three measurements (nothing is asserted; results go to ``docs/benchmarks_scaling.md``):
 
@@ -53,12 +59,9 @@ from napari_conformal.testing.synthetic import binary_blobs_dataset, lowrank_mul
 #: per method: dataset kind and calibrate keyword arguments
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "crc": ("binary", {"alpha": 0.1}),
-    "rwcp": (
-        "binary",
-        {"alpha": 0.1, "k": 8, "params": {"features": "multiscale", "grid_stride": 2, "device": "cpu"}},
-    ),
+    "rwcp": ("binary", {"alpha": 0.1, "k": 8, "features": "multiscale", "grid_stride": 2, "device": "cpu"}),
     "aps": ("multi", {"alpha": 0.2, "nu": 0.7}),
-    "consign": ("multi", {"alpha": 0.2, "nu": 0.7, "k": 4, "params": {"device": "cpu"}}),
+    "consign": ("multi", {"alpha": 0.2, "nu": 0.7, "k": 4, "device": "cpu"}),
 }
 
 
@@ -179,11 +182,11 @@ def _child_rss(store_path: str) -> None:
     from napari_conformal.core.methods.base import make_method
 
     store = open_store(store_path)
-    method = make_method("crc", alpha=0.5)  # warm-up: imports and first allocations, no whole-store pass
+    method = make_method("crc")  # warm-up: imports and first allocations, no whole-store pass
     curves = [
         method.curve(method.prepare(store.image(i), store.samples(i)), store.label(i)) for i in range(3)
     ]
-    method.lambda_hat(curves)
+    method.lambda_hat(curves, alpha=0.5)
     del curves
     gc.collect()
     before = psutil.Process().memory_info().rss
@@ -336,11 +339,17 @@ def main() -> None:
     )
     parser.add_argument("--torch-threads", type=int, help="torch.set_num_threads for the 'linear' part")
     parser.add_argument("--out", help="write the results as markdown here")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: 10 and 20 images of 16², T = 6, one repeat"
+    )
     args = parser.parse_args()
     if args.child_rss:
         _child_rss(args.child_rss)
         return
-    METHODS["rwcp"][1]["params"]["grid_stride"] = args.rwcp_grid_stride
+    if args.quick:
+        args.sizes, args.shape, args.t, args.workers_n, args.repeats = "10,20", [16, 16], 6, 10, 1
+        args.memory_sizes, args.memory_shape = "10,20", [16, 16]
+    METHODS["rwcp"][1]["grid_stride"] = args.rwcp_grid_stride
     registered = set(available_methods())
     parts = args.parts.split(",")
     shape = tuple(args.shape)
@@ -349,7 +358,8 @@ def main() -> None:
     results: dict[str, Any] = {
         "machine": _machine(),
         "settings": (
-            f"linear/workers: {shape} images, T = {args.t}, float16 samples; "
+            ("--quick smoke test; " if args.quick else "")
+            + f"linear/workers: {shape} images, T = {args.t}, float16 samples; "
             f"memory: {tuple(args.memory_shape)} images, T = {args.t}; "
             f"torch threads for 'linear': {args.torch_threads or 'default'}; "
             f"methods {', '.join(f'{m} {METHODS[m][1]}' for m in {*methods, workers_method})}"

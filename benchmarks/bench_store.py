@@ -1,6 +1,7 @@
 """Timing of the dataset store: create, per-image reads, full validation and identity.
 
-Run: ``python benchmarks/bench_store.py [--n 20] [--shape 64 64 64] [--t 10] [--labels 2]``.
+Run: ``python benchmarks/bench_store.py [--quick] [--n 20] [--shape 64 64 64] [--t 10] [--labels 2]``.
+``--quick`` is a smoke test (n = 3 images of 16³, T = 2), whatever the other sizes say.
 Prints one line per operation (seconds). Nothing is asserted; results go to docs/benchmarks.md.
 """
 
@@ -32,7 +33,10 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs="+", default=[64, 64, 64])
     parser.add_argument("--t", type=int, default=10)
     parser.add_argument("--labels", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test): n = 3, 16³, T = 2")
     args = parser.parse_args()
+    if args.quick:
+        args.n, args.shape, args.t = 3, [16, 16, 16], 2
     shape = tuple(args.shape)
     images, samples, labels = _data(args.n, shape, args.t, args.labels)
     mb = (images.nbytes + samples.nbytes + labels.nbytes) / 2**20

@@ -16,7 +16,21 @@ headless machine::
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/bench_widgets.py
 
-Results go to ``docs/benchmarks_widgets.md`` (``--out``) and to stdout.
+Results go to ``docs/benchmarks_widgets.md`` (``--out``) and to stdout. ``--quick`` is a smoke
+test (64² and 16³ stores, 3 moves per slider, CONSIGN at ν = 0.9 in 2D and 0.5 in 3D, where these
+small synthetic sets have a finite λ̂ > 0) and writes no file unless ``--out`` is given::
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/bench_widgets.py --quick
+
+Each explorer is given a calibration made by :func:`napari_conformal.api.calibrate` (what the
+calibration dock runs, with method options as keywords) and published into the viewer's
+workspace. What the new engine changes in the set-up, not in the timed moves:
+
+* CONSIGN calibrates with the batched coverage search (the method's ``iter_curves``), stopped once
+  λ̂(α, ν') is decided for every ν' up to the calibrated ν; the ν moves stay at or below it, so
+  each is a re-reduction of the cached curves, as before;
+* Consema, drawn beside RW-CP, follows α with τ = 1 − α (its ``tau`` option unset) and its curves
+  answer every α, so an α move re-reduces its curves too.
 """
 
 from __future__ import annotations
@@ -34,6 +48,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"2d": (256, 256), "3d": (128, 128, 128)}
+QUICK_SIZES = {"2d": (64, 64), "3d": (16, 16, 16)}
 THROTTLE_PAUSE_S = 0.08
 
 
@@ -71,18 +86,17 @@ def make_stores(folder: Path, shape: tuple[int, ...], n: int) -> tuple[Path, Pat
 
 
 def publish(viewer, store_path: Path, method: str, **kwargs):
-    from napari_conformal.explore.calibrated import iter_calibrate_keeping_curves
-
+    """Calibrate ``method`` on all images but the last (α, ν and options as keywords) and publish it."""
     from napari_conformal._widgets._context import context_for
-    from napari_conformal.api import drive
+    from napari_conformal.api import calibrate
     from napari_conformal.io.store import open_store
 
     store = open_store(store_path)
     n = store.n_images
     cal, test = list(range(n - 1)), [n - 1]
-    calibrated = drive(iter_calibrate_keeping_curves(store, method, cal_indices=cal, **kwargs))
+    calibration = calibrate(store, method, cal_indices=cal, **kwargs)
     ws = context_for(viewer).workspace
-    ws.publish(store, calibrated, test)
+    ws.publish(store, calibration, test)
     return ws
 
 
@@ -119,8 +133,7 @@ def bench_rwcp(binary: Path, repeats: int) -> list[tuple[str, list[float], list[
     viewer = napari.Viewer(show=True)
     dock = RWCPExplorer(viewer)
     viewer.window.add_dock_widget(dock)
-    params = {"features": "multiscale", "grid_stride": 4, "device": "cpu"}
-    ws = publish(viewer, binary, "rwcp", alpha=0.2, params=params)
+    ws = publish(viewer, binary, "rwcp", alpha=0.2, features="multiscale", grid_stride=4, device="cpu")
     wait_settled(dock)
     rows = []
 
@@ -187,7 +200,8 @@ def bench_consign(multi: Path, repeats: int, nu: float = 0.95) -> list[tuple[str
     viewer = napari.Viewer(show=True)
     dock = ConsignExplorer(viewer)
     viewer.window.add_dock_widget(dock)
-    ws = publish(viewer, multi, "consign", alpha=0.2, nu=nu, k=3)  # ν high enough for a box with λ̂ > 0
+    # ν high enough for a box with λ̂ > 0
+    ws = publish(viewer, multi, "consign", alpha=0.2, nu=nu, k=3, device="cpu")
     wait_settled(dock)
     rows = []
     lo, hi = dock.coefficient_sliders[0].minimum(), dock.coefficient_sliders[0].maximum()
@@ -225,18 +239,30 @@ def _stats(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=sorted(SIZES))
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=None, help="moves per slider (default 15, --quick 3)")
     parser.add_argument("--images", type=int, default=5, help="images per store (the last one is shown)")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks_widgets.md"))
+    parser.add_argument(
+        "--out", default=None, help="Markdown file (default docs/benchmarks_widgets.md; none with --quick)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: 64² and 16³ stores, 3 moves per slider"
+    )
     args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 15
+    if args.out is None and not args.quick:
+        args.out = str(ROOT / "docs" / "benchmarks_widgets.md")
+    sizes = QUICK_SIZES if args.quick else SIZES
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
-            shape = SIZES[size]
+            shape = sizes[size]
             t0 = time.perf_counter()
             binary, multi = make_stores(Path(tmp), shape, args.images)
             print(f"{size}: stores built in {time.perf_counter() - t0:.1f} s", flush=True)
             consign_nu = 0.95 if len(shape) == 2 else 0.9  # searches at ν = 0.95 take minutes in 3D
+            if args.quick:  # the small synthetic sets reach no member above these ν within λ_max
+                consign_nu = 0.9 if len(shape) == 2 else 0.5
             benches = (
                 (bench_rwcp, binary, {}),
                 (bench_pixelwise, multi, {}),
@@ -253,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Explorer latency: slider to layer update",
         "",
-        "Measured by `benchmarks/bench_widgets.py` (under Xvfb, software OpenGL). Each slider is moved",
+        f"Measured by `benchmarks/bench_widgets.py{' --quick' if args.quick else ''}` (under Xvfb, software "
+        "OpenGL). Each slider is moved",
         f"{args.repeats} times to a new value, pausing longer than the redraw throttle in between; the",
         "image's prepared state is cached beforehand (first looks at an image are background work).",
         "",
@@ -270,8 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     for label, name, u, f in results:
         lines.append(f"| {label} | {name} | {_stats(u).replace(' | ', ' | ')} | {_stats(f)} |")
     lines.append("")
-    Path(args.out).write_text("\n".join(lines))
-    print(f"wrote {args.out}")
+    if args.out:
+        Path(args.out).write_text("\n".join(lines))
+        print(f"wrote {args.out}")
+    else:
+        print("\n".join(lines))
     return 0
 
 
