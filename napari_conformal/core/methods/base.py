@@ -156,7 +156,8 @@ class Option:
             if isinstance(value, list | tuple):
                 if not value:
                     raise ParameterError(f"{where} must be an integer or a list of integers, got {value!r}")
-                items = [Option(self.name, "int", None, "", minimum=self.minimum).parse(v, method) for v in value]
+                item = Option(self.name, "int", None, "", minimum=self.minimum, maximum=self.maximum)
+                items = [item.parse(v, method) for v in value]
                 return items[0] if len(items) == 1 else items
             return Option(self.name, "int", None, "", minimum=self.minimum, maximum=self.maximum).parse(value, method)
         if self.kind == "float":

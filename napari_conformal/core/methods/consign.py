@@ -175,13 +175,22 @@ class ConsignMethod(ConformalMethod[ImageBasis, ConsignCurve, ConsignSet]):
 
     def _curve_set(self, curves: Sequence[ConsignCurve], alpha: float, nu: float) -> CurveSet:
         q = self.q(alpha)
+        key = tuple(curves)
+        cache = self.__dict__.setdefault("_packed", {})  # q -> (curves, packed): a slider re-reads, not re-packs
+        hit = cache.get(q)
+        if hit is not None and len(hit[0]) == len(key) and all(a is b for a, b in zip(hit[0], key, strict=True)):
+            return hit[1]
         level = [c.at(q) for c in curves]
         if any(c is None for c in level):
             raise CurvesPending(
                 f"CONSIGN: lambda_hat for alpha={alpha:g}, nu={nu:g} needs a coverage search of the calibration "
                 f"images at box quantile q={q:g}"
             )
-        return CurveSet.from_curves(level)  # type: ignore[arg-type]
+        packed = CurveSet.from_curves(level)  # type: ignore[arg-type]
+        if len(cache) > 16:
+            cache.clear()
+        cache[q] = (key, packed)
+        return packed
 
     # -- the steps -------------------------------------------------------------------------------
 
