@@ -180,7 +180,8 @@ def test_fragile_cases_exist() -> None:
 
 def test_grid_insufficient_n_message() -> None:
     with pytest.raises(
-        InsufficientCalibrationError, match=r"n = 8, but it needs n >= ceil\(1/alpha\) - 1 = 9.*1/\(n\+1\) = 0\.1111"
+        InsufficientCalibrationError,
+        match=r"n = 8, but it needs n >= ceil\(1/alpha\) - 1 = 9.*1/\(n\+1\) = 0\.1111",
     ):
         lambda_hat_from_curves(np.zeros((8, 2)), np.array([0.0, 1.0]), 0.1)
     lambda_hat_from_curves(np.zeros((9, 2)), np.array([0.0, 1.0]), 0.1)  # n = 9 is enough
@@ -300,7 +301,9 @@ def test_order_statistic_brute_force_random_with_ties() -> None:
 
 
 def test_order_statistic_errors() -> None:
-    with pytest.raises(InsufficientCalibrationError, match=r"alpha = 0\.05: n = 18, .* = 19;.*1/\(n\+1\) = 0\.05263"):
+    with pytest.raises(
+        InsufficientCalibrationError, match=r"alpha = 0\.05: n = 18, .* = 19;.*1/\(n\+1\) = 0\.05263"
+    ):
         order_statistic_lambda_hat(np.zeros(18), 0.05)
     with pytest.raises(CalibrationError, match="NaN"):
         order_statistic_lambda_hat(np.r_[np.zeros(20), np.nan], 0.1)
@@ -460,7 +463,9 @@ def test_threshold_errors() -> None:
     with pytest.raises(CalibrationError, match="image 0 contain NaN"):
         ThresholdRiskCurve.from_nonconformity([np.array([np.nan, 0.1])])
     curve = ThresholdRiskCurve.from_nonconformity([np.array([0.1])] * 5)
-    with pytest.raises(InsufficientCalibrationError, match=r"alpha = 0\.1: n = 5, .* = 9;.*1/\(n\+1\) = 0\.1667"):
+    with pytest.raises(
+        InsufficientCalibrationError, match=r"alpha = 0\.1: n = 5, .* = 9;.*1/\(n\+1\) = 0\.1667"
+    ):
         curve.lambda_hat(0.1)
     with pytest.raises(ParameterError, match="alpha must lie in"):
         curve.lambda_hat(1.0)
