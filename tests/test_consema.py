@@ -236,7 +236,7 @@ def test_lambda_hat_order_statistic() -> None:
     # ⌈20·0.9⌉ = 18th smallest (1-indexed)
     assert m.lambda_hat(curves, alpha=0.1) == sorted(scores)[17]
     assert m.lambda_hat(curves, alpha=0.2) == sorted(scores)[math.ceil(20 * 0.8) - 1]
-    with pytest.raises(InsufficientCalibrationError, match=r"n = 8, .*1/\(n\+1\) = 0\.1111"):
+    with pytest.raises(InsufficientCalibrationError, match=r"n = 8, .*1/\(n\+1\) = 0\.1112"):
         m.lambda_hat(curves[:8], alpha=0.1)
 
 

@@ -181,7 +181,7 @@ def test_fragile_cases_exist() -> None:
 def test_grid_insufficient_n_message() -> None:
     with pytest.raises(
         InsufficientCalibrationError,
-        match=r"n = 8, but it needs n >= ceil\(1/alpha\) - 1 = 9.*1/\(n\+1\) = 0\.1111",
+        match=r"n = 8, but it needs n >= ceil\(1/alpha\) - 1 = 9.*1/\(n\+1\) = 0\.1112",
     ):
         lambda_hat_from_curves(np.zeros((8, 2)), np.array([0.0, 1.0]), 0.1)
     lambda_hat_from_curves(np.zeros((9, 2)), np.array([0.0, 1.0]), 0.1)  # n = 9 is enough
@@ -302,7 +302,7 @@ def test_order_statistic_brute_force_random_with_ties() -> None:
 
 def test_order_statistic_errors() -> None:
     with pytest.raises(
-        InsufficientCalibrationError, match=r"alpha = 0\.05: n = 18, .* = 19;.*1/\(n\+1\) = 0\.05263"
+        InsufficientCalibrationError, match=r"alpha = 0\.05: n = 18, .* = 19;.*1/\(n\+1\) = 0\.05264"
     ):
         order_statistic_lambda_hat(np.zeros(18), 0.05)
     with pytest.raises(CalibrationError, match="NaN"):

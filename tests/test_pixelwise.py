@@ -300,7 +300,7 @@ def test_calibration_errors():
     rng = np.random.default_rng(1)
     prepared = method.prepare(None, _random_samples(rng, (4, 4), 3))
     curve = method.curve(prepared, rng.integers(0, 3, size=(4, 4)))
-    with pytest.raises(InsufficientCalibrationError, match=r"n = 8, .*1/\(n\+1\) = 0\.1111"):
+    with pytest.raises(InsufficientCalibrationError, match=r"n = 8, .*1/\(n\+1\) = 0\.1112"):
         method.lambda_hat([curve] * 8, alpha=0.1, nu=0.8)  # n = 8 < 1/0.1 − 1
     assert method.lambda_hat([curve] * 9, alpha=0.1, nu=0.8) == curve.lambda_for(0.8)
     with pytest.raises(CalibrationError, match="at least one calibration image"):
