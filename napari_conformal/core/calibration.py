@@ -397,7 +397,9 @@ class Calibration:
         if not (isinstance(cal, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in cal)):
             raise CalibrationFileError("cal_indices must be a list of non-negative integers")
         if len(cal) != n or len(set(cal)) != n:
-            raise CalibrationFileError(f"cal_indices must hold n = {n} distinct images, it holds {len(cal)}")
+            raise CalibrationFileError(
+                f"cal_indices must hold n = {n} distinct images, it holds {len(cal)} ({len(set(cal))} distinct)"
+            )
         store = doc["store"]
         if not (isinstance(store, dict) and set(store) == {"path", "identity", "n_images"}):
             raise CalibrationFileError("store must be {path, identity, n_images}")
