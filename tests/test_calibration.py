@@ -165,6 +165,18 @@ def _another(doc: dict) -> float:
     return doc["lambda_hat"] + 1 if doc["method"] == "consema" else doc["lambda_hat"] / 2 + 1e-3
 
 
+def _bad_param(doc: dict) -> dict:
+    """The first number/bool/choice option of the method set to a value it refuses."""
+    from napari_conformal.core.methods.base import method_class
+
+    for opt in method_class(doc["method"]).options:
+        if opt.kind in ("int", "float", "bool", "choice"):
+            doc["params"] = {**doc["params"], opt.name: "not-a-value"}
+            return doc
+    doc["params"] = {**doc["params"], "bogus": 1}  # a method without such options (LAC)
+    return doc
+
+
 def _first_array(doc: dict) -> dict:
     return next(iter(find_arrays(doc["curves"][0])))[1]
 
@@ -203,6 +215,7 @@ EDITS = [
     ("n wrong", lambda d: _edit(d, "n", 11), True, r"cal_indices must hold n = 11 distinct images, it holds 12 \(12 distinct\)"),
     ("n_images 0", lambda d: _edit(d["store"], "n_images", 0) and d, True, r"store n_images must be an integer >= 1, got 0"),
     ("params unknown", lambda d: _edit(d, "params", {**d["params"], "bogus": 1}), True, r"params do not rebuild method '\w+': method '\w+' has no option 'bogus'"),
+    ("params bad value", lambda d: _bad_param(d), True, r"params do not rebuild method '\w+': (\w+ option \w+ must be|method '\w+' has no option)"),
     ("params not object", lambda d: _edit(d, "params", [1]), True, r"params must be an object"),
     ("curve byte count", _wrong_byte_count, True, r"curve 0 \(image 0\): \w+: \d+ bytes do not hold shape"),
     ("curve base64", _bad_base64, True, r"curve 0 \(image 0\): \w+: data is not valid base64-encoded zlib"),

@@ -26,7 +26,7 @@ from napari_conformal.errors import (
     ParameterError,
 )
 
-# --------------------------------------------------------------------------- helpers (independent of crc.py)
+# --------------------------------------------------------------------------- helpers (independent of quantiles.py)
 
 
 def _alpha_frac(alpha: str) -> Fraction:
