@@ -7,7 +7,7 @@ images covered by the same search procedure at λ̂. CONSIGN's membership is a
 search, so its scores λ_i can tie and the search only ever misses members:
 the method is conservative, and only the lower tail of the exact
 BetaBinomial band of split conformal prediction applies
-(:func:`napari_conformal.core.bands.check_split_coverage`,
+(:func:`napari_conformal.testing.guarantees.check_split_coverage`,
 ``two_sided=False``). Each check has a false-alarm rate ≤ 1e-3 for a correct
 implementation (4 checks: ≤ 4e-3 for the file).
 """
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_conformal.api import drive
 from napari_conformal.core.consign.box import make_box
 from napari_conformal.core.consign.search import CoverageSearch
 from napari_conformal.core.methods.base import make_method
@@ -45,16 +46,19 @@ def _one_thread():
 
 
 def _covered_counts(shape, n_classes, alpha, nu, reps, n_cal, n_test, seed0):
-    method = make_method("consign", alpha=alpha, nu=nu, k=3, lambda_max=50.0, search=SEARCH)
+    method = make_method("consign", k=3, lambda_max=50.0, search=SEARCH)
     counts = []
     for rep in range(reps):
         images, samples, labels = lowrank_multiclass_dataset(
             n_cal + n_test, shape, n_classes=n_classes, n_samples=8, rank=3, amplitude=1.5, seed=seed0 + rep
         )
         prepared = [method.prepare(images[i], samples[i]) for i in range(n_cal + n_test)]
-        lam, _ = method.calibrate(prepared[:n_cal], list(labels[:n_cal]))
+        curves = drive(method.iter_curves(prepared[:n_cal], list(labels[:n_cal]), alpha=alpha, nu=nu))
+        lam = method.lambda_hat(curves, alpha=alpha, nu=nu)
         test = prepared[n_cal:]
-        search = CoverageSearch(test, list(labels[n_cal:]), make_box(test, method._q()), method._config())
+        search = CoverageSearch(
+            test, list(labels[n_cal:]), make_box(test, method.q(alpha)), method.config(nu)
+        )
         search.run(until_lambda=lam, until_nu=nu)
         counts.append(sum(search.accuracy_at(j, lam) > nu for j in range(n_test)))
     return np.array(counts)

@@ -23,9 +23,10 @@ from napari_conformal.errors import (
     InsufficientCalibrationError,
     LambdaMaxReachedError,
     NonMonotoneCurveError,
+    ParameterError,
 )
 
-# --------------------------------------------------------------------------- helpers (independent of crc.py)
+# --------------------------------------------------------------------------- helpers (independent of quantiles.py)
 
 
 def _alpha_frac(alpha: str) -> Fraction:
@@ -178,7 +179,10 @@ def test_fragile_cases_exist() -> None:
 
 
 def test_grid_insufficient_n_message() -> None:
-    with pytest.raises(InsufficientCalibrationError, match=r"n=8.*need n >= B/alpha - 1 = 9"):
+    with pytest.raises(
+        InsufficientCalibrationError,
+        match=r"n = 8, but it needs n >= ceil\(1/alpha\) - 1 = 9.*1/\(n\+1\) = 0\.1112",
+    ):
         lambda_hat_from_curves(np.zeros((8, 2)), np.array([0.0, 1.0]), 0.1)
     lambda_hat_from_curves(np.zeros((9, 2)), np.array([0.0, 1.0]), 0.1)  # n = 9 is enough
 
@@ -242,16 +246,17 @@ def test_grid_losses_out_of_range(low: float, high: float, bound: float) -> None
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, 1.5, float("nan"), float("inf"), "0.1", None])
 def test_alpha_outside_open_interval(alpha: object) -> None:
-    with pytest.raises(CalibrationError, match="alpha"):
+    # a bad α is a bad argument (ParameterError), not a calibration that failed
+    with pytest.raises(ParameterError, match=r"^alpha must (be a number in|lie in) \(0, 1\), got"):
         lambda_hat_from_curves(np.zeros((50, 2)), np.array([0.0, 1.0]), alpha)  # type: ignore[arg-type]
-    with pytest.raises(CalibrationError, match="alpha"):
+    with pytest.raises(ParameterError, match=r"^alpha must (be a number in|lie in) \(0, 1\), got"):
         order_statistic_lambda_hat(np.zeros(50), alpha)  # type: ignore[arg-type]
 
 
 def test_alpha_versus_bound() -> None:
     # α = 1.5 is fine for B = 2 but not for B = 1
     lambda_hat_from_curves(np.zeros((5, 1)), np.array([0.0]), 1.5, bound=2.0)
-    with pytest.raises(CalibrationError, match=r"\(0, B\) = \(0, 2.0\)"):
+    with pytest.raises(ParameterError, match=r"alpha must lie in \(0, 2\), got 2.0"):
         lambda_hat_from_curves(np.zeros((5, 1)), np.array([0.0]), 2.0, bound=2.0)
 
 
@@ -296,7 +301,9 @@ def test_order_statistic_brute_force_random_with_ties() -> None:
 
 
 def test_order_statistic_errors() -> None:
-    with pytest.raises(InsufficientCalibrationError, match="n=18"):
+    with pytest.raises(
+        InsufficientCalibrationError, match=r"alpha = 0\.05: n = 18, .* = 19;.*1/\(n\+1\) = 0\.05264"
+    ):
         order_statistic_lambda_hat(np.zeros(18), 0.05)
     with pytest.raises(CalibrationError, match="NaN"):
         order_statistic_lambda_hat(np.r_[np.zeros(20), np.nan], 0.1)
@@ -456,7 +463,9 @@ def test_threshold_errors() -> None:
     with pytest.raises(CalibrationError, match="image 0 contain NaN"):
         ThresholdRiskCurve.from_nonconformity([np.array([np.nan, 0.1])])
     curve = ThresholdRiskCurve.from_nonconformity([np.array([0.1])] * 5)
-    with pytest.raises(InsufficientCalibrationError, match="n=5"):
+    with pytest.raises(
+        InsufficientCalibrationError, match=r"alpha = 0\.1: n = 5, .* = 9;.*1/\(n\+1\) = 0\.1667"
+    ):
         curve.lambda_hat(0.1)
-    with pytest.raises(CalibrationError, match="alpha"):
+    with pytest.raises(ParameterError, match="alpha must lie in"):
         curve.lambda_hat(1.0)

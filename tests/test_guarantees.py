@@ -1,4 +1,4 @@
-"""Tests of the guarantee checkers (core/guarantees.py) and statistical tests of CRC and Consema.
+"""Tests of the bands (core/bands.py), the guarantee checks (testing/guarantees.py) and statistical tests of CRC and Consema.
 
 The ``slow`` tests run R independent calibration/test repetitions on fresh synthetic data with a
 known truth and compare the outcome with an exact acceptance band; each docstring states the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -247,12 +248,12 @@ def _single_pixel_rep(rng: np.random.Generator, method: CRCMethod, n_img: int):
 def _single_pixel_experiment(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Covered counts per repetition for the correct λ̂ and for the naive rule R̂ ≤ α."""
     rng = np.random.default_rng(seed)
-    m = CRCMethod(ALPHA)
+    m = CRCMethod()
     good, naive = np.empty(REPS, int), np.empty(REPS, int)
     for r in range(REPS):
         prepared, labels = _single_pixel_rep(rng, m, N_CAL + N_TEST)
         curves = [m.curve(p, y) for p, y in zip(prepared[:N_CAL], labels[:N_CAL], strict=True)]
-        lam = m.lambda_hat(curves)
+        lam = m.lambda_hat(curves, alpha=ALPHA)
         # the wrong rule, inline: plain empirical risk R̂(λ) ≤ α, no finite-sample correction
         risk = m.risk_curve(curves)
         lam_naive = float(risk.values[int(np.searchsorted(risk.risk, ALPHA, side="right")) - 1])
@@ -296,12 +297,12 @@ def test_crc_single_pixel_wrong_alpha_star_rejected() -> None:
     """
     n, alpha = 19, 0.149
     rng = np.random.default_rng(77)
-    m = CRCMethod(alpha)
+    m = CRCMethod()
     good, wrong = np.empty(REPS, int), np.empty(REPS, int)
     for r in range(REPS):
         prepared, labels = _single_pixel_rep(rng, m, n + N_TEST)
         curves = [m.curve(p, y) for p, y in zip(prepared[:n], labels[:n], strict=True)]
-        lam = m.lambda_hat(curves)
+        lam = m.lambda_hat(curves, alpha=alpha)
         risk = m.risk_curve(curves)
         target = (n + 1) / n * alpha - 1 / (n + 1)
         lam_wrong = float(risk.values[int(np.searchsorted(risk.risk, target, side="right")) - 1])
@@ -329,12 +330,12 @@ def test_crc_fnr_risk_on_blobs(shape: tuple[int, ...], reps: int) -> None:
     errors in the same code path are caught by the exact two-sided single-pixel test above.
     """
     alpha, n_cal, n_test = 0.1, 20, 20
-    m = CRCMethod(alpha)
+    m = CRCMethod()
     risks = np.empty(reps)
     for r in range(reps):
         images, samples, labels = binary_blobs_dataset(n_cal + n_test, shape, n_samples=2, seed=1000 + r)
         prepared = [m.prepare(images[i], samples[i]) for i in range(n_cal + n_test)]
-        lam = m.lambda_hat([m.curve(prepared[i], labels[i]) for i in range(n_cal)])
+        lam = m.lambda_hat([m.curve(prepared[i], labels[i]) for i in range(n_cal)], alpha=alpha)
         fnr = []
         for i in range(n_cal, n_cal + n_test):
             truth = labels[i] == 1
@@ -355,7 +356,8 @@ def test_consema_coverage_ratio_guarantee() -> None:
     calibration and test stay exchangeable).
     """
     alpha, n_cal, n_test, reps = 0.1, 20, 20, 150
-    m = ConsemaMethod(alpha)
+    m = ConsemaMethod()  # τ unset: 1 − α
+    assert m.tau_at(alpha) == 1 - Fraction("0.1")
     counts = np.empty(reps, int)
     for r in range(reps):
         images, samples, labels = binary_blobs_dataset(
@@ -365,7 +367,7 @@ def test_consema_coverage_ratio_guarantee() -> None:
         keep = [i for i, p in enumerate(prepared) if p.prediction.any()][: n_cal + n_test]
         assert len(keep) == n_cal + n_test
         cal, test = keep[:n_cal], keep[n_cal:]
-        q = m.lambda_hat([m.curve(prepared[i], labels[i]) for i in cal])
+        q = m.lambda_hat([m.curve(prepared[i], labels[i]) for i in cal], alpha=alpha)
         covered = 0
         for i in test:
             truth = labels[i] == 1

@@ -7,6 +7,8 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import pytest
+
 import napari_conformal
 
 PKG = Path(napari_conformal.__file__).parent
@@ -39,28 +41,128 @@ def test_manifest_entry_point_points_at_packaged_file():
     assert (PKG / "napari.yaml").is_file()
 
 
+GUI_ROOTS = (
+    "qtpy",
+    "PyQt5",
+    "PyQt6",
+    "PySide2",
+    "PySide6",
+    "napari",
+    "magicgui",
+    "superqt",
+    "vispy",
+    "matplotlib",
+)
+
+
+def _run(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def _core_modules() -> list[str]:
+    import pkgutil
+
+    import napari_conformal.core as core
+
+    return sorted(m.name for m in pkgutil.walk_packages(core.__path__, "napari_conformal.core."))
+
+
+def test_core_walk_finds_every_concept():
+    """The walk below really covers the reshaped core (a broken walk must not pass vacuously)."""
+    names = set(_core_modules())
+    for expected in (
+        "napari_conformal.core.calibration",
+        "napari_conformal.core.validation",
+        "napari_conformal.core.quantiles",
+        "napari_conformal.core.bands",
+        "napari_conformal.core.progress",
+        "napari_conformal.core.arrays_json",
+        "napari_conformal.core.methods.base",
+        "napari_conformal.core.methods.threshold",
+        "napari_conformal.core.methods.rwcp",
+        "napari_conformal.core.methods.consema",
+        "napari_conformal.core.methods.pixelwise",
+        "napari_conformal.core.methods.sacp",
+        "napari_conformal.core.methods.consign",
+        "napari_conformal.core.scores.aps",
+        "napari_conformal.core.scores.lac",
+        "napari_conformal.core.scores.sets",
+        "napari_conformal.core.scores.membership",
+        "napari_conformal.core.scores.probabilities",
+        "napari_conformal.core.scores.neighbourhood",
+        "napari_conformal.core.rwcp.features",
+        "napari_conformal.core.rwcp.graph",
+        "napari_conformal.core.rwcp.diffusion",
+        "napari_conformal.core.metrics.accuracy",
+        "napari_conformal.core.metrics.diversity",
+        "napari_conformal.core.metrics.segmentation",
+        "napari_conformal.core.consign.calibrator",
+        "napari_conformal.core.consign.search",
+    ):
+        assert expected in names, expected
+    # what moved out of the core stays out
+    for gone in ("synthetic", "guarantees", "cancel", "crc", "method", "pixelwise", "sacp", "consema"):
+        assert f"napari_conformal.core.{gone}" not in names, gone
+
+
 def test_core_imports_no_gui_or_napari():
-    """Importing every core module must not pull in Qt, napari, magicgui or superqt."""
+    """Importing every core module (and the Qt-free engine around it) must not pull in Qt or napari.
+
+    One interpreter imports them one by one and names the first module after whose import a GUI
+    module appeared (any GUI import anywhere shows up in ``sys.modules``, whatever the order).
+    """
     code = (
         "import importlib, pkgutil, sys\n"
-        "import napari_conformal.core as core\n"
-        "for m in pkgutil.walk_packages(core.__path__, 'napari_conformal.core.'):\n"
-        "    importlib.import_module(m.name)\n"
-        "bad = sorted(n for n in sys.modules if n.split('.')[0] in "
-        "{'qtpy','PyQt5','PyQt6','PySide2','PySide6','napari','magicgui','superqt','vispy','matplotlib'})\n"
-        "print(','.join(bad))\n"
+        "import napari_conformal.core as core, napari_conformal.testing as testing\n"
+        "mods = [m.name for m in pkgutil.walk_packages(core.__path__, 'napari_conformal.core.')]\n"
+        "mods += [m.name for m in pkgutil.walk_packages(testing.__path__, 'napari_conformal.testing.')]\n"
+        "mods += ['napari_conformal.api', 'napari_conformal.io.dataset', 'napari_conformal.errors']\n"
+        f"roots = {GUI_ROOTS!r}\n"
+        "culprit = ''\n"
+        "for name in mods:\n"
+        "    importlib.import_module(name)\n"
+        "    if not culprit and any(n.split('.')[0] in roots for n in sys.modules):\n"
+        "        culprit = name\n"
+        "from napari_conformal.core.methods.base import available_methods, make_method\n"
+        "[make_method(m) for m in available_methods() if m != 'rwcp']\n"
+        "make_method('rwcp', features='multiscale', device='cpu')\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in roots)\n"
+        "print(len(mods), culprit or '-', ','.join(bad) or '-')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"core imported GUI modules: {out.stdout.strip()}"
+    count, culprit, bad = _run(code).split(" ")
+    assert int(count) > 30
+    assert (culprit, bad) == ("-", "-"), f"{culprit} imported GUI modules: {bad}"
 
 
 def test_package_import_is_light():
+    """``import napari_conformal`` (and the CLI module) loads neither torch nor Qt nor napari."""
     code = (
         "import sys, napari_conformal, napari_conformal.cli\n"
-        "print(','.join(sorted(n for n in ('torch','napari','qtpy','matplotlib') if n in sys.modules)))\n"
+        f"roots = {('torch', *GUI_ROOTS)!r}\n"
+        "print(','.join(sorted(n for n in sys.modules if n.split('.')[0] in roots)))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    assert _run(code) == ""
+
+
+_PUBLIC_FACE = not hasattr(napari_conformal, "calibrate") and "__getattr__" not in vars(napari_conformal)
+
+
+@pytest.mark.xfail(_PUBLIC_FACE, strict=True, reason="public face pending")
+def test_public_face_is_lazy():
+    """The public names resolve from ``napari_conformal`` itself, still without importing torch or Qt."""
+    code = (
+        "import sys, napari_conformal as nc\n"
+        "public = (nc.calibrate, nc.evaluate, nc.extend, nc.Calibration, nc.make_method, nc.available_methods)\n"
+        f"heavy = sorted(n for n in sys.modules if n.split('.')[0] in {('torch', *GUI_ROOTS)!r})\n"
+        "from napari_conformal import api\n"
+        "from napari_conformal.core.calibration import Calibration\n"
+        "from napari_conformal.core.methods.base import available_methods, make_method\n"
+        "assert public == (api.calibrate, api.evaluate, api.extend, Calibration, make_method, available_methods)\n"
+        "assert {'calibrate', 'evaluate', 'extend', 'Calibration', 'make_method'} <= set(dir(nc))\n"
+        "print(','.join(heavy))\n"
+    )
+    assert _run(code) == ""
 
 
 def test_console_script_help():

@@ -16,7 +16,7 @@ law of the per-image threshold λ_i(ν) and λ̂ its k-th order statistic
 covered count of one repetition is BetaBinomial(40, k, n+1−k) exactly; ties
 (λ_i = 0 when the argmax map alone beats ν) only raise coverage. So the total
 over R repetitions is stochastically at least the R-fold convolution, and
-:func:`~napari_conformal.core.bands.check_split_coverage` with
+:func:`~napari_conformal.testing.guarantees.check_split_coverage` with
 ``two_sided=False`` gives the exact one-sided lower band.
 
 False-alarm rate: each check uses ``FALSE_ALARM = 2e-4``. A run makes
@@ -69,13 +69,13 @@ def test_pixelwise_coverage_guarantee(dim):
             N_CAL + N_TEST, shape, n_classes=n_labels, n_samples=t, rank=3, layout=layout, seed=seed0 + rep
         )
         for c, (name, kwargs) in enumerate(CONFIGS):
-            methods = [make_method(name, alpha=a, nu=v, **kwargs) for a, v in SETTINGS]
-            prepared = [methods[0].prepare(None, samples[i]) for i in range(N_CAL + N_TEST)]
-            curves = [methods[0].curve(prepared[i], labels[i]) for i in range(N_CAL)]
-            for s, ((alpha, nu), method) in enumerate(zip(SETTINGS, methods, strict=True)):
+            method = make_method(name, **kwargs)  # one object answers every (α, ν)
+            prepared = [method.prepare(None, samples[i]) for i in range(N_CAL + N_TEST)]
+            curves = [method.curve(prepared[i], labels[i]) for i in range(N_CAL)]
+            for s, (alpha, nu) in enumerate(SETTINGS):
                 lam = method.lambda_hat(curves, alpha=alpha, nu=nu)
                 covered = sum(
-                    method.evaluate(prepared[i], labels[i], lam)["covered"]
+                    method.evaluate(prepared[i], labels[i], lam, alpha=alpha, nu=nu)["covered"]
                     for i in range(N_CAL, N_CAL + N_TEST)
                 )
                 counts[c, s].append(covered)

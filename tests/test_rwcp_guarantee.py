@@ -6,7 +6,7 @@ measures the mean false-negative rate of the sets on fresh test images. CRC
 guarantees that each repetition's realised risk has expectation ≤ α, so the
 mean over R independent repetitions exceeds α + t with probability ≤ 1e-3,
 where t is the Chernoff–Hoeffding tolerance of
-:func:`napari_conformal.core.bands.check_crc_risk`.
+:func:`napari_conformal.testing.guarantees.check_crc_risk`.
 
 False-alarm rate of a correct implementation: ≤ 1e-3 per test, ≤ 2e-3 for
 this file (two tests).
@@ -35,7 +35,7 @@ def one_thread():
 
 
 def _realised_risks(shape, alpha, reps, n_cal, n_test, grid_stride, seed0):
-    method = RWCPMethod(alpha, device="cpu", grid_stride=grid_stride)
+    method = RWCPMethod(device="cpu", grid_stride=grid_stride)
     risks = []
     for r in range(reps):
         # fresh, independent data for every repetition
@@ -44,7 +44,7 @@ def _realised_risks(shape, alpha, reps, n_cal, n_test, grid_stride, seed0):
         )
         prepared = [method.prepare(images[i], samples[i]) for i in range(n_cal + n_test)]
         curves = [method.curve(prepared[i], labels[i]) for i in range(n_cal)]
-        lam = method.lambda_hat(curves)
+        lam = method.lambda_hat(curves, alpha=alpha)
         fnr = [
             1.0 - method.predict(prepared[i], lam)[labels[i] == 1].mean()
             for i in range(n_cal, n_cal + n_test)

@@ -374,7 +374,14 @@ class Calibration:
                 f"{'; ' if missing else ''}has unknown keys {', '.join(extra)}" if extra else ""
             )
             raise CalibrationFileError(f"the calibration {what}")
-        if not isinstance(doc["digest"], str) or doc["digest"] != _digest(doc):
+        try:
+            expected = _digest(doc)
+        except ValueError:  # NaN or ±inf (Python's json reads NaN, Infinity and 1e999): never written here
+            raise CalibrationFileError(
+                "the calibration holds NaN or infinity, which napari-conformal never writes "
+                "(an edited or damaged file)"
+            ) from None
+        if not isinstance(doc["digest"], str) or doc["digest"] != expected:
             raise CalibrationFileError(
                 "the file was changed after it was written (its digest does not match its contents); "
                 "restore the original or calibrate again"
@@ -390,7 +397,9 @@ class Calibration:
         if not (isinstance(cal, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in cal)):
             raise CalibrationFileError("cal_indices must be a list of non-negative integers")
         if len(cal) != n or len(set(cal)) != n:
-            raise CalibrationFileError(f"cal_indices must hold n = {n} distinct images, it holds {len(cal)}")
+            raise CalibrationFileError(
+                f"cal_indices must hold n = {n} distinct images, it holds {len(cal)} ({len(set(cal))} distinct)"
+            )
         store = doc["store"]
         if not (isinstance(store, dict) and set(store) == {"path", "identity", "n_images"}):
             raise CalibrationFileError("store must be {path, identity, n_images}")

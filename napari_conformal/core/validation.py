@@ -146,6 +146,14 @@ def min_calibration_size(alpha: Any, bound: float = 1.0) -> int:
     return max(math.ceil(b / exact_fraction(a)) - 1, 1)
 
 
+def _round_up(x: Fraction, digits: int = 4) -> str:
+    """``x`` rounded *up* to ``digits`` significant digits: a level a user can type that is accepted."""
+    if x <= 0:
+        return "0"
+    scale = Fraction(10) ** (digits - 1 - math.floor(math.log10(x)))
+    return f"{float(Fraction(math.ceil(x * scale)) / scale):.{digits}g}"
+
+
 def check_calibration_size(n: int, alpha: Any, bound: float = 1.0) -> None:
     """Refuse ``n`` calibration images that are too few for α, naming n, α and the smallest α n allows.
 
@@ -161,13 +169,13 @@ def check_calibration_size(n: int, alpha: Any, bound: float = 1.0) -> None:
             InsufficientCalibrationError(
                 f"too few calibration images for alpha = {float(alpha):g}: n = {int(n)}, but it needs "
                 f"n >= ceil(1/alpha) - 1 = {need}; with n = {int(n)} the smallest alpha is "
-                f"1/(n+1) = {float(smallest):.4g}. Add calibration images or raise alpha"
+                f"1/(n+1) = {_round_up(smallest)}. Add calibration images or raise alpha"
             )
             if float(bound) == 1.0
             else InsufficientCalibrationError(
                 f"n = {int(n)} calibration images are too few for alpha = {float(alpha):g} with a loss bound "
                 f"B = {float(bound):g}: it needs n >= ceil(B/alpha) - 1 = {need}; the smallest alpha n allows is "
-                f"B/(n+1) = {float(smallest):.4g}"
+                f"B/(n+1) = {_round_up(smallest)}"
             )
         )
 
