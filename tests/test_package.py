@@ -7,8 +7,6 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-import pytest
-
 import napari_conformal
 
 PKG = Path(napari_conformal.__file__).parent
@@ -145,10 +143,6 @@ def test_package_import_is_light():
     assert _run(code) == ""
 
 
-_PUBLIC_FACE = not hasattr(napari_conformal, "calibrate") and "__getattr__" not in vars(napari_conformal)
-
-
-@pytest.mark.xfail(_PUBLIC_FACE, strict=True, reason="public face pending")
 def test_public_face_is_lazy():
     """The public names resolve from ``napari_conformal`` itself, still without importing torch or Qt."""
     code = (
