@@ -522,10 +522,11 @@ def extend(
 def _check_same_data(calibration: Calibration, dataset: Any) -> None:
     if calibration.store.identity != dataset.identity():
         where = calibration.store.path or "in-memory arrays"
-        given = getattr(dataset, "path", None) or "the given arrays"
+        path = getattr(dataset, "path", None)
+        what = f"{path} is not the store" if path is not None else "these arrays are not the data"
         raise StoreValidationError(
-            f"{given} is not the store this calibration was made on ({where}): calibrate on it first, or "
-            "evaluate with check_identity=False (--other-data) to treat every image as a test image"
+            f"{what} this calibration was made on ({where}): calibrate on them first, or evaluate with "
+            "check_identity=False (--other-data) to treat every image as a test image"
         )
 
 
