@@ -30,7 +30,13 @@ import numpy as np
 
 from napari_conformal.errors import ConformalError
 from napari_conformal.io.atomic import atomic_file
-from napari_conformal.io.provenance import dumps_header, get_provenance, layer_header, to_jsonable
+from napari_conformal.io.provenance import (
+    HEADER_MEMBER,
+    dumps_header,
+    get_provenance,
+    layer_header,
+    to_jsonable,
+)
 
 __all__ = [
     "CALIBRATION_KEYS",
@@ -48,7 +54,6 @@ __all__ = [
 
 #: Keys a calibration record must have to be written as ``CALIB.json``.
 CALIBRATION_KEYS = ("method", "alpha", "lambda_hat")
-_HEADER_MEMBER = "__napari_conformal__"  # same name as readers.HEADER_MEMBER (import kept light)
 
 
 def _with_suffix(path: str | os.PathLike[str], suffixes: tuple[str, ...]) -> Path:
@@ -107,7 +112,7 @@ def write_layer_npz(
     header = layer_header(layer_type, arr.shape, arr.dtype, attributes)
     target = _with_suffix(path, (".npz",))
     with atomic_file(target) as fh:
-        np.savez_compressed(fh, data=arr, **{_HEADER_MEMBER: np.array(dumps_header(header))})
+        np.savez_compressed(fh, data=arr, **{HEADER_MEMBER: np.array(dumps_header(header))})
     return str(target)
 
 
