@@ -21,6 +21,7 @@ import pytest
 import napari_conformal
 from napari_conformal.errors import ConformalError, StoreExistsError, StoreValidationError
 from napari_conformal.io.lock import StoreBusyError
+from napari_conformal.io.readers import read_store
 from napari_conformal.io.store import create_store, open_store
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="kills and pids: POSIX")
@@ -264,6 +265,7 @@ def test_leftover_of_a_live_process_is_kept(store_path: Path):
         live.mkdir()
         (live / "zarr.json").write_text("{half-writ")  # what a writer in mid-metadata looks like
         assert _cache(store_path) == (1.0, 2)  # never read as part of the store
+        assert len(read_store(store_path)) == 4  # nor by the napari reader
         open_store(store_path, mode="r+")
         assert live.exists()
     finally:
