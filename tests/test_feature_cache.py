@@ -11,12 +11,12 @@ import pytest
 
 from napari_conformal import cli
 from napari_conformal.api import (
+    Calibration,
     cache_features,
     calibrate,
     evaluate,
     feature_cache_matches,
     iter_cache_features,
-    method_from_calibration,
 )
 from napari_conformal.core.methods.base import make_method
 from napari_conformal.core.methods.rwcp import RWCPMethod
@@ -54,7 +54,7 @@ def store_path(tmp_path: Path, arrays) -> Path:
 
 
 def _calibrate(store, **params):
-    return calibrate(store, "rwcp", alpha=ALPHA, k=K, cal_indices=CAL, params={**PARAMS, **params})
+    return calibrate(store, "rwcp", alpha=ALPHA, k=K, cal_indices=CAL, **{**PARAMS, **params})
 
 
 def _fp16(a: np.ndarray) -> np.ndarray:
@@ -73,32 +73,34 @@ def test_cached_run_equals_the_stored_features_by_hand(store_path: Path):
     fresh = _calibrate(store)
     fresh_metrics = evaluate(store, fresh)
     seen = []
-    info = cache_features(store, "rwcp", params=PARAMS, progress=lambda d, t: seen.append((d, t)))
+    info = cache_features(store, "rwcp", **PARAMS, progress=lambda d, t: seen.append((d, t)))
     assert seen == [(i, N_IMAGES) for i in range(N_IMAGES + 1)]
     assert info == store.features_info
-    assert info["extractor"] == make_method("rwcp", alpha=ALPHA, **PARAMS).extractor.params()
+    assert info["extractor"] == make_method("rwcp", **PARAMS).extractor.params()
     assert info["grid_shape"] == [12, 12] and store.feature_shape == (info["n_channels"], 12, 12)
 
-    method = make_method("rwcp", alpha=ALPHA, k=K, **PARAMS)
+    method = make_method("rwcp", k=K, **PARAMS)
     assert feature_cache_matches(store, method)
     cached = _calibrate(store)
     cached_metrics = evaluate(store, cached)
-    assert cached["params"] == fresh["params"]  # the record names the extractor either way
+    assert cached.params == fresh.params  # the record names the extractor either way
 
     # by hand: the features as stored (float16) give exactly the cached run
     def prepare(i):
         feats = _fp16(method.compute_features(store.image(i)).features)
         return method.prepare(store.image(i), store.samples(i), features=feats)
 
-    curves = [method.curve(prepare(i), store.label(i)) for i in CAL]
-    assert cached["lambda_hat"] == float(method.lambda_hat(curves))
-    lam = cached["lambda_hat"]
+    curves = [method.curve(prepare(i), store.label(i), alpha=ALPHA) for i in CAL]
+    assert cached.lambda_hat == float(method.lambda_hat(curves, alpha=ALPHA))
+    lam = cached.lambda_hat
     for row in cached_metrics["per_image"]:
         i = row["index"]
-        expect = method.evaluate(prepare(i), store.label(i), lam, spacing=store.spacing, n_samples=[], seed=i)
+        expect = method.evaluate(
+            prepare(i), store.label(i), lam, alpha=ALPHA, spacing=store.spacing, n_samples=[], seed=i
+        )
         assert _same_rows([row], [{"index": i, **expect}])
     # and float16 rounding of the features moves the results only a little
-    assert cached["lambda_hat"] == pytest.approx(fresh["lambda_hat"], abs=0.02)
+    assert cached.lambda_hat == pytest.approx(fresh.lambda_hat, abs=0.02)
     for key in ("coverage", "dice"):
         assert cached_metrics["mean"][key] == pytest.approx(fresh_metrics["mean"][key], abs=0.02)
 
@@ -108,17 +110,14 @@ def test_float16_exact_features_give_identical_results(store_path: Path):
     store = open_store(store_path, mode="r+")
 
     def method():
-        return RWCPMethod(ALPHA, k=K, features=quantized_features, device="cpu", n_step=3)
+        return RWCPMethod(k=K, extractor=quantized_features, device="cpu", n_step=3)
 
-    fresh = calibrate(store, method(), cal_indices=CAL)
-    fresh_metrics = evaluate(store, fresh, overrides={"features": quantized_features})
+    fresh = calibrate(store, method(), alpha=ALPHA, cal_indices=CAL)
     cache_features(store, method())
     assert feature_cache_matches(store, method())
-    cached = calibrate(store, method(), cal_indices=CAL)
-    cached_metrics = evaluate(store, cached, overrides={"features": quantized_features})
-    assert cached["lambda_hat"] == fresh["lambda_hat"]
-    assert _same_rows(cached_metrics["per_image"], fresh_metrics["per_image"])
-    assert cached_metrics["mean"] == fresh_metrics["mean"]
+    cached = calibrate(store, method(), alpha=ALPHA, cal_indices=CAL)
+    assert cached.lambda_hat == fresh.lambda_hat
+    assert cached.to_dict()["curves"] == fresh.to_dict()["curves"]  # every calibration curve, bit for bit
 
 
 # -- (b) the cache is read -------------------------------------------------------------------------
@@ -126,7 +125,7 @@ def test_float16_exact_features_give_identical_results(store_path: Path):
 
 def test_calibrate_and_evaluate_read_the_cache(store_path: Path, monkeypatch):
     store = open_store(store_path, mode="r+")
-    cache_features(store, "rwcp", params=PARAMS)
+    cache_features(store, "rwcp", **PARAMS)
     cached = _calibrate(store)
     cached_metrics = evaluate(store, cached)
 
@@ -136,7 +135,7 @@ def test_calibrate_and_evaluate_read_the_cache(store_path: Path, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(RWCPMethod, "compute_features", boom)
-        assert _calibrate(store)["lambda_hat"] == cached["lambda_hat"]
+        assert _calibrate(store).lambda_hat == cached.lambda_hat
         assert evaluate(store, cached)["mean"] == cached_metrics["mean"]
 
     # other values under the same extractor description change λ̂ and the metrics
@@ -145,7 +144,7 @@ def test_calibrate_and_evaluate_read_the_cache(store_path: Path, monkeypatch):
     info = {"extractor": store.features_info["extractor"]}
     store.write_features((rng.normal(size=shape) for _ in range(N_IMAGES)), info=info, overwrite=True)
     other = _calibrate(store)
-    assert other["lambda_hat"] != cached["lambda_hat"]
+    assert other.lambda_hat != cached.lambda_hat
     assert evaluate(store, other)["per_image"] != cached_metrics["per_image"]
 
 
@@ -154,11 +153,11 @@ def test_calibrate_and_evaluate_read_the_cache(store_path: Path, monkeypatch):
 
 def test_other_extractor_settings_ignore_the_cache(store_path: Path, tmp_path: Path, arrays):
     store = open_store(store_path, mode="r+")
-    before = {g: _calibrate(store, grid_stride=g)["lambda_hat"] for g in (2, 4)}
-    cache_features(store, "rwcp", params=PARAMS)  # grid_stride 2
-    assert not feature_cache_matches(store, make_method("rwcp", alpha=ALPHA, **{**PARAMS, "grid_stride": 4}))
-    assert _calibrate(store, grid_stride=4)["lambda_hat"] == before[4]
-    assert _calibrate(store, grid_stride=2)["lambda_hat"] != before[2]  # (float16) cache used here
+    before = {g: _calibrate(store, grid_stride=g).lambda_hat for g in (2, 4)}
+    cache_features(store, "rwcp", **PARAMS)  # grid_stride 2
+    assert not feature_cache_matches(store, make_method("rwcp", **{**PARAMS, "grid_stride": 4}))
+    assert _calibrate(store, grid_stride=4).lambda_hat == before[4]
+    assert _calibrate(store, grid_stride=2).lambda_hat != before[2]  # (float16) cache used here
 
     # features written without an extractor description are never used
     rng = np.random.default_rng(1)
@@ -166,14 +165,14 @@ def test_other_extractor_settings_ignore_the_cache(store_path: Path, tmp_path: P
     store.write_features(
         (rng.normal(size=shape) for _ in range(N_IMAGES)), info={"by": "hand"}, overwrite=True
     )
-    assert not feature_cache_matches(store, make_method("rwcp", alpha=ALPHA, **PARAMS))
-    assert _calibrate(store)["lambda_hat"] == before[2]
+    assert not feature_cache_matches(store, make_method("rwcp", **PARAMS))
+    assert _calibrate(store).lambda_hat == before[2]
 
     # a store without a cache, and methods without features
     images, samples, labels = arrays
     bare = create_store(tmp_path / "bare.zarr", images, samples, labels)
-    assert not feature_cache_matches(bare, make_method("rwcp", alpha=ALPHA, **PARAMS))
-    assert not feature_cache_matches(store, make_method("crc", alpha=ALPHA))
+    assert not feature_cache_matches(bare, make_method("rwcp", **PARAMS))
+    assert not feature_cache_matches(store, make_method("crc"))
 
 
 def test_distributed_scheduler_reads_the_cache(store_path: Path, monkeypatch):
@@ -183,7 +182,7 @@ def test_distributed_scheduler_reads_the_cache(store_path: Path, monkeypatch):
     from napari_conformal import api
 
     store = open_store(store_path, mode="r+")
-    cache_features(store, "rwcp", params=PARAMS)
+    cache_features(store, "rwcp", **PARAMS)
     serial = _calibrate(store)
     shipped = []
 
@@ -193,10 +192,8 @@ def test_distributed_scheduler_reads_the_cache(store_path: Path, monkeypatch):
         return (yield from api.iter_map_images(fn, indices))
 
     monkeypatch.setattr("napari_conformal.parallel.iter_map_on_cluster", fake_cluster)
-    dist = calibrate(
-        store, "rwcp", alpha=ALPHA, k=K, cal_indices=CAL, params=PARAMS, scheduler="tcp://nowhere:1"
-    )
-    assert shipped == ["tcp://nowhere:1"] and dist["lambda_hat"] == serial["lambda_hat"]
+    dist = calibrate(store, "rwcp", alpha=ALPHA, k=K, cal_indices=CAL, **PARAMS, scheduler="tcp://nowhere:1")
+    assert shipped == ["tcp://nowhere:1"] and dist.lambda_hat == serial.lambda_hat
 
 
 # -- iter_cache_features: partial updates, cancelling, errors --------------------------------------
@@ -204,12 +201,12 @@ def test_distributed_scheduler_reads_the_cache(store_path: Path, monkeypatch):
 
 def test_recompute_some_images_keeps_the_others(store_path: Path):
     store = open_store(store_path, mode="r+")
-    cache_features(store, "rwcp", params=PARAMS)
+    cache_features(store, "rwcp", **PARAMS)
     rng = np.random.default_rng(2)
     shape = store.feature_shape
     garbage = [rng.normal(size=shape).astype(np.float16) for _ in range(N_IMAGES)]
     store.write_features(iter(garbage), info={"extractor": store.features_info["extractor"]}, overwrite=True)
-    gen = iter_cache_features(store, "rwcp", params=PARAMS, indices=[3, 7], overwrite=True)
+    gen = iter_cache_features(store, "rwcp", **PARAMS, indices=[3, 7], overwrite=True)
     steps = []
     try:
         while True:
@@ -217,7 +214,7 @@ def test_recompute_some_images_keeps_the_others(store_path: Path):
     except StopIteration:
         pass
     assert steps == [(0, 2), (1, 2), (2, 2)]
-    method = make_method("rwcp", alpha=ALPHA, **PARAMS)
+    method = make_method("rwcp", **PARAMS)
     for i in range(N_IMAGES):
         if i in (3, 7):
             expect = _fp16(method.compute_features(store.image(i)).features)
@@ -233,16 +230,16 @@ def test_cancel_leaves_the_store_as_it_was(store_path: Path):
         cache_features(
             store,
             "rwcp",
-            params=PARAMS,
+            **PARAMS,
             progress=lambda d, t: steps.append(d),
             should_stop=lambda: len(steps) > 2,
         )
     assert not store.has_features and not open_store(store_path).has_features
     assert sorted(p.name for p in store_path.iterdir() if "feature" in p.name) == []
 
-    cache_features(store, "rwcp", params=PARAMS)
+    cache_features(store, "rwcp", **PARAMS)
     before = [store.features(i) for i in range(N_IMAGES)]
-    gen = iter_cache_features(store, "rwcp", params={**PARAMS, "grid_stride": 3}, overwrite=True)
+    gen = iter_cache_features(store, "rwcp", **{**PARAMS, "grid_stride": 3}, overwrite=True)
     next(gen), next(gen)
     gen.close()  # closing the generator cancels too
     assert store.features_info["grid_shape"] == [12, 12]
@@ -252,21 +249,21 @@ def test_cancel_leaves_the_store_as_it_was(store_path: Path):
 
 def test_cache_errors(store_path: Path):
     with pytest.raises(ConformalError, match=r"read-only.*mode='r\+'"):
-        cache_features(open_store(store_path), "rwcp", params=PARAMS)
+        cache_features(open_store(store_path), "rwcp", **PARAMS)
     store = open_store(store_path, mode="r+")
     with pytest.raises(ConformalError, match="'crc' does not use image features"):
-        cache_features(store, make_method("crc", alpha=ALPHA))
+        cache_features(store, make_method("crc"))
     with pytest.raises(ConformalError, match="'lac' does not use image features"):
         cache_features(store, "lac")
     with pytest.raises(ConformalError, match="no features from this extractor"):
-        cache_features(store, "rwcp", params=PARAMS, indices=[0, 1])
+        cache_features(store, "rwcp", **PARAMS, indices=[0, 1])
     with pytest.raises(ConformalError, match="out of range"):
-        cache_features(store, "rwcp", params=PARAMS, indices=[N_IMAGES])
-    cache_features(store, "rwcp", params=PARAMS)
+        cache_features(store, "rwcp", **PARAMS, indices=[N_IMAGES])
+    cache_features(store, "rwcp", **PARAMS)
     with pytest.raises(ConformalError, match="already has features; pass overwrite=True"):
-        cache_features(store, "rwcp", params=PARAMS)
+        cache_features(store, "rwcp", **PARAMS)
     with pytest.raises(ConformalError, match="no features from this extractor"):
-        cache_features(store, "rwcp", params={**PARAMS, "grid_stride": 3}, indices=[0], overwrite=True)
+        cache_features(store, "rwcp", **{**PARAMS, "grid_stride": 3}, indices=[0], overwrite=True)
     # a cache with a grid finer than the image names the image
     info = {"extractor": store.features_info["extractor"]}
     store.write_features(np.ones((N_IMAGES, 2, 30, 30)), info=info, overwrite=True)
@@ -319,9 +316,9 @@ def test_cli_features_then_calibrate_and_evaluate(store_path: Path, tmp_path: Pa
             == 0
         )
     record = json.loads(calib.read_text())
-    assert record["lambda_hat"] == _calibrate(store)["lambda_hat"]
+    assert record["lambda_hat"] == _calibrate(store).lambda_hat
     assert json.loads(metrics.read_text())["n_test"] == N_IMAGES - 15
-    method = method_from_calibration(record)
+    method = Calibration.load(calib).build_method("cpu")
     assert feature_cache_matches(store, method)
 
     # another grid recomputes (and so still works)
@@ -350,7 +347,7 @@ def test_cli_features_then_calibrate_and_evaluate(store_path: Path, tmp_path: Pa
 def test_cli_mismatched_cache_exits_2(store_path: Path, tmp_path: Path, capsys):
     """A cache that claims the extractor but holds features of another grid fails on one line."""
     store = open_store(store_path, mode="r+")
-    info = {"extractor": make_method("rwcp", alpha=ALPHA, **PARAMS).extractor.params()}
+    info = {"extractor": make_method("rwcp", **PARAMS).extractor.params()}
     store.write_features(np.ones((N_IMAGES, 2, 30, 30)), info=info)
     argv = ["calibrate", str(store_path), "--method", "rwcp", "--alpha", "0.2", "--cal", "0-14"]
     argv += [
@@ -383,7 +380,7 @@ def test_report_reads_the_feature_cache(store_path: Path):
     kwargs = {"splits": 2, "n_cal": 15, "seed": 0}
     plain = build_report(open_store(store_path), ("rwcp",), (ALPHA,), params=params, **kwargs)
     store = open_store(store_path, mode="r+")
-    info = cache_features(store, "rwcp", params=PARAMS)
+    info = cache_features(store, "rwcp", **PARAMS)
     rng = np.random.default_rng(1)
     garbage = rng.normal(size=(store.n_images, info["n_channels"], *info["grid_shape"])).astype(np.float32)
     store.write_features(garbage, info={"extractor": info["extractor"]}, overwrite=True)

@@ -537,3 +537,31 @@ def test_manifest_contributes_readers_writers_and_sample_data():
     assert {s.key for s in contrib.sample_data} == {"hippocampus", "brain-mri", "nuclei"}
     widgets = [(w.command, w.display_name) for w in contrib.widgets]
     assert ("napari-conformal.calibration_widget", "Conformal calibration") in widgets
+
+
+def test_sample_errors_name_the_sample_and_its_place(tmp_path):
+    """Sample files are checked one sample at a time by the core check; places are in the whole array."""
+    values = np.full((3, 2, 3, 4), 0.5, np.float32)
+    values[1, 0, 1, 2] = -0.25
+    values[1, 1, 1, 2] = 1.25
+    np.savez(tmp_path / "neg_samples.npz", samples=values, axes=np.array("TLYX"))
+    with pytest.raises(
+        ConformalError,
+        match=r"neg_samples\.npz: sample 1: negative probability -0\.25 at \(t, l, \*pixel\) = \(1, 0, 1, 2\)$",
+    ):
+        read_samples(tmp_path / "neg_samples.npz")
+    values[1, 0, 1, 2] = 0.5
+    values[1, 1, 1, 2] = 0.5
+    values[2, :, 0, 3] = [0.7, 0.7]
+    np.savez(tmp_path / "sum_samples.npz", samples=values, axes=np.array("TLYX"))
+    with pytest.raises(
+        ConformalError, match=r"sample 2: probabilities do not sum to 1 .* at \(t, \*pixel\) = \(2, 0, 3\)"
+    ):
+        read_samples(tmp_path / "sum_samples.npz")
+    fg = np.full((2, 3, 3), 0.5, np.float32)
+    fg[1, 2, 0] = 1.5
+    np.save(tmp_path / "fg_samples.npy", fg)
+    with pytest.raises(
+        ConformalError, match=r"fg_samples\.npy: sample 1: foreground probabilities p must be in \[0, 1\]"
+    ):
+        read_samples(tmp_path / "fg_samples.npy")

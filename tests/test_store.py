@@ -12,7 +12,7 @@ import pytest
 import zarr
 
 from napari_conformal.errors import ConformalError, StoreValidationError
-from napari_conformal.io import store as store_module
+from napari_conformal.io import store_write
 from napari_conformal.io.store import DatasetStore, create_store, open_store
 
 
@@ -193,7 +193,7 @@ def _bad_inputs():
         "samples negative": (dict(samples=neg), r"samples, image 1: negative probability"),
         "samples above 1": (
             dict(samples=over),
-            r"samples, image 0: probability 1.5 > 1 at \(t, l, \*voxel\) = \(0, 0, 1, 1\)",
+            r"samples, image 0: probability 1.5 > 1 at \(t, l, \*pixel\) = \(0, 0, 1, 1\)",
         ),
         "labels too big": (dict(labels=mod(labels, (2, 4, 5), 3)), r"labels, image 2: value 3 .*0\.\.2"),
         "labels negative": (dict(labels=mod(labels, (0, 0, 1), -1)), r"labels, image 0: value -1"),
@@ -242,7 +242,7 @@ def test_create_rejects_bad_input_before_writing(tmp_path, case):
 def test_tolerance_is_configurable(tmp_path):
     images, samples, labels = make_data(n=2)
     samples = samples * np.float32(1 + 5e-4)  # sums 1.0005: beyond the float32 default 1e-4
-    with pytest.raises(StoreValidationError, match=r"atol=0\.0001"):
+    with pytest.raises(StoreValidationError, match=r"off by more than 0\.0001"):
         create_store(tmp_path / "a.zarr", images, samples, labels)
     st = create_store(tmp_path / "a.zarr", images, samples, labels, atol=1e-3)
     st.validate(full=True, atol=1e-3)
@@ -351,10 +351,15 @@ def test_attribute_defects_detected_on_open(good_store, attrs, pattern):
         open_store(good_store)
 
 
-def test_features_attr_without_array(good_store):
+def test_legacy_features_attr_without_array_is_ignored(good_store):
+    """A group-level ``features`` record (older writers) without the array describes nothing."""
     shutil.rmtree(good_store / "features")
-    with pytest.raises(StoreValidationError, match=r"attrs\['features'\] is set but the 'features' array"):
-        open_store(good_store)
+    meta = good_store / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["features"] = {"n_channels": 2, "grid_shape": [2, 3], "extractor": "old"}
+    meta.write_text(json.dumps(doc))
+    st = open_store(good_store)
+    assert not st.has_features and st.features_info is None and "features" not in st.attrs
 
 
 def test_optional_attributes_default_when_absent(good_store):
@@ -465,23 +470,23 @@ def test_overwrite_refuses_a_directory_that_is_not_a_store(tmp_path):
 
 def test_create_is_atomic_when_writing_fails(tmp_path, monkeypatch):
     images, samples, labels = make_data(n=4)
-    original = store_module._write_one
+    original = store_write.write_one
 
     def failing(arrays, i, *args):
         if i == 2:
             raise RuntimeError("disk full (injected)")
         original(arrays, i, *args)
 
-    monkeypatch.setattr(store_module, "_write_one", failing)
+    monkeypatch.setattr(store_write, "write_one", failing)
     with pytest.raises(RuntimeError, match="injected"):
         create_store(tmp_path / "new.zarr", images, samples, labels)
     assert list(tmp_path.iterdir()) == []
 
     # Replacing an existing store: the old one survives a failed overwrite intact.
-    monkeypatch.setattr(store_module, "_write_one", original)
+    monkeypatch.setattr(store_write, "write_one", original)
     create_store(tmp_path / "old.zarr", images, samples, labels)
     before = snapshot(tmp_path)
-    monkeypatch.setattr(store_module, "_write_one", failing)
+    monkeypatch.setattr(store_write, "write_one", failing)
     with pytest.raises(RuntimeError, match="injected"):
         create_store(tmp_path / "old.zarr", images[::-1], samples[::-1], labels[::-1], overwrite=True)
     assert snapshot(tmp_path) == before
@@ -498,8 +503,10 @@ def test_streaming_writer(tmp_path):
     assert st.spacing == (2.0, 0.7, 0.7)
     for i in (2, 0):
         st.write_image(i, image=images[i], samples=samples[i], label=labels[i])
-    with pytest.raises(StoreValidationError, match="samples, image 1: all probabilities are 0"):
+    with pytest.raises(StoreValidationError, match=r"images, image 1: chunk \S+ is missing .*never written"):
         st.validate(full=True)
+    with pytest.raises(StoreValidationError, match=r"samples, image 1: chunk \S+ is missing"):
+        st.samples(1)
     st.write_image(-2, image=images[1], samples=samples[1], label=labels[1])
     st.validate(full=True)
     ro = open_store(path)
@@ -635,3 +642,110 @@ def test_existing_path_error_is_user_facing(good_store):
     images, samples, labels = make_data(n=3, spatial=(5, 6), t=4, n_labels=3)
     with pytest.raises(ConformalError, match="already exists"):
         create_store(good_store, images, samples, labels)
+
+
+# ------------------------------------------------------------------------------ damage on disk
+
+
+def _chunk(path: Path, array: str, i: int) -> Path:
+    """The (single) chunk file of image ``i`` of ``array``."""
+    root = path / array
+    files = [
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.name != "zarr.json" and p.relative_to(root).parts[1] == str(i)
+    ]
+    assert len(files) == 1, files
+    return files[0]
+
+
+def _reads(st, array: str, i: int):
+    return {"images": st.image, "samples": st.samples, "labels": st.label, "features": st.features}[array](i)
+
+
+@pytest.mark.parametrize("array", ["samples", "images", "labels", "features"])
+def test_deleted_chunk_is_refused_not_read_as_zeros(good_store, array):
+    from napari_conformal.io.dataset import read_image
+
+    _chunk(good_store, array, 1).unlink()
+    st = open_store(good_store)  # structure intact: opens
+    with pytest.raises(StoreValidationError, match=rf"^{array}, image 1: chunk c/1\S* is missing"):
+        _reads(st, array, 1)
+    _reads(st, array, 0), _reads(st, array, 2)  # the other images are unaffected
+    with pytest.raises(StoreValidationError, match=rf"^{array}, image 1: .*missing"):
+        st.validate(full=True)
+    if array != "features":
+        with pytest.raises(StoreValidationError, match=rf"^{array}, image 1: .*missing"):
+            read_image(st, 1)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+@pytest.mark.parametrize("array", ["samples", "images", "labels", "features"])
+def test_undecodable_chunk_names_array_and_image(good_store, array, damage):
+    from napari_conformal.io.dataset import read_image
+
+    f = _chunk(good_store, array, 2)
+    data = f.read_bytes()
+    f.write_bytes(
+        np.random.default_rng(0).bytes(len(data)) if damage == "garbage" else data[: len(data) // 2]
+    )
+    st = open_store(good_store)
+    pattern = rf"^{array}, image 2: cannot decode its stored chunk \(.*\); the store is damaged$"
+    with pytest.raises(StoreValidationError, match=pattern):
+        _reads(st, array, 2)
+    with pytest.raises(StoreValidationError, match=rf"^{array}, image 2: cannot decode"):
+        st.validate(full=True)
+    if array != "features":
+        with pytest.raises(StoreValidationError, match=rf"^{array}, image 2: cannot decode"):
+            read_image(st, 2)
+
+
+@pytest.mark.parametrize("array", ["images", "samples", "labels", "features"])
+@pytest.mark.parametrize(
+    "content", [b"\x8f\x00garbage{", b"", b'{"zarr_format": 3, "node_type": "array"}', b"[1, 2]"]
+)
+def test_garbage_array_metadata_is_refused_on_open(good_store, array, content):
+    (good_store / array / "zarr.json").write_bytes(content)
+    with pytest.raises(StoreValidationError, match=rf"^{array}: .*the store is damaged") as caught:
+        open_store(good_store)
+    if array == "features":
+        assert "delete the 'features' folder" in str(caught.value)
+
+
+def test_array_folder_without_metadata_is_refused_on_open(good_store):
+    (good_store / "labels" / "zarr.json").unlink()
+    with pytest.raises(StoreValidationError, match=r"^labels: the folder .* has no zarr\.json"):
+        open_store(good_store)
+
+
+def test_identity_ignores_the_feature_cache_and_sees_one_sample_chunk(tmp_path):
+    images, samples, labels = make_data(n=3)
+    st = create_store(tmp_path / "a.zarr", images, samples, labels)
+    before = st.identity()
+    st.write_features(np.ones((3, 2, 2, 3)), info={"extractor": "a"})
+    assert st.identity() == before
+    st.write_features(np.zeros((3, 4, 5, 6)), info={"extractor": "b"}, overwrite=True)
+    assert st.identity() == before == open_store(tmp_path / "a.zarr").identity()
+
+    edited = samples[1].copy()
+    edited[0, :, 2, 2] = edited[0, ::-1, 2, 2]  # still valid probabilities; one chunk changes
+    st.write_image(1, image=images[1], samples=edited, label=labels[1])
+    assert st.identity() != before
+    st.write_image(1, image=images[1], samples=samples[1], label=labels[1])
+    assert st.identity() == before
+
+
+def test_chunks_equal_to_the_fill_value_are_written(tmp_path):
+    """An all-background label image and an all-zero image are stored, so they read back (not "missing")."""
+    images, samples, labels = make_data(n=2)
+    images[1] = 0.0
+    labels[0] = 0
+    st = create_store(tmp_path / "a.zarr", images, samples, labels, features=np.zeros((2, 1, 2, 2)))
+    np.testing.assert_array_equal(st.image(1), 0.0)
+    np.testing.assert_array_equal(st.label(0), 0)
+    np.testing.assert_array_equal(st.features(0), 0.0)
+    empty = DatasetStore.create_empty(tmp_path / "b.zarr", 1, (5, 6), 4, 3)
+    empty.write_image(0, image=np.zeros((5, 6)), samples=samples[0], label=np.zeros((5, 6), int))
+    reopened = open_store(tmp_path / "b.zarr")
+    np.testing.assert_array_equal(reopened.label(0), 0)
+    reopened.validate(full=True)

@@ -30,6 +30,7 @@ from napari_conformal.errors import ConformalError
 
 __all__ = [
     "HEADER_FORMAT",
+    "HEADER_MEMBER",
     "HEADER_VERSION",
     "LAYER_TYPES",
     "PROVENANCE_KEY",
@@ -44,6 +45,8 @@ __all__ = [
 PROVENANCE_KEY = "napari_conformal"
 HEADER_FORMAT = "napari-conformal-layer"
 HEADER_VERSION = 1
+#: ``.npz`` member holding the JSON layer header (written by :mod:`napari_conformal.io.writers`).
+HEADER_MEMBER = "__napari_conformal__"
 LAYER_TYPES = ("image", "labels")
 
 

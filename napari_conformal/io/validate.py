@@ -1,11 +1,16 @@
-"""Rules of the dataset store format (SPEC §3), as pure functions on shapes, dtypes and arrays.
+"""Rules of the dataset store format (SPEC §3): layout, attributes and dtypes, as pure functions.
 
-The same rules serve three callers: :func:`~napari_conformal.io.store.create_store` checks in-memory
-arrays before anything is written, :meth:`~napari_conformal.io.store.DatasetStore.write_image` checks
-each image before it is stored, and :meth:`~napari_conformal.io.store.DatasetStore.validate` checks a
-store on disk. Every failure raises :class:`~napari_conformal.errors.StoreValidationError` with a
-message that names the array (``images``, ``labels``, ``samples``, ``features`` or an attribute), the
-image index where one applies, and the problem.
+The same rules serve every caller: :func:`~napari_conformal.io.store_write.create_store` checks
+in-memory arrays before anything is written, :meth:`~napari_conformal.io.store.DatasetStore.write_image`
+checks each image before it is stored, and :func:`~napari_conformal.io.store.open_store` checks a store
+on disk. Every failure raises :class:`~napari_conformal.errors.StoreValidationError` with a message that
+names the array (``images``, ``labels``, ``samples``, ``features`` or an attribute), the image index where
+one applies, and the problem.
+
+The *values* of an image (finite, probabilities in [0, 1] summing to 1, labels in 0..L−1) are checked by
+:mod:`napari_conformal.core.validation`, for stores and in-memory data alike; this module adds only what
+the store format itself says (the features cache must be finite after its float16 cast, the tolerance a
+store's samples dtype implies).
 
 Format (zarr v3 group)::
 
@@ -14,8 +19,13 @@ Format (zarr v3 group)::
     samples  (N, T, L, *S)  float16 / float32  each (t, voxel) sums to 1 over L
     features (N, C, *S')    float16            optional, len(S') == len(S)
 
-    attrs: format="napari-conformal-dataset", version=1, spacing (mm per spatial axis),
-           label_names (L strings), sampler (str), features (optional dict)
+    group attrs: format="napari-conformal-dataset", version=1, spacing (mm per spatial axis),
+                 label_names (L strings), sampler (str)
+    features array attrs: features = {n_channels, grid_shape, extractor, ...} (the record of how the
+                 cache was made, committed with the data); write_id (unique per write)
+
+Stores written before the record moved into the features array keep it in the group attribute
+``features``; it is read when the array has no record of its own and agrees with the array's shape.
 """
 
 from __future__ import annotations
@@ -28,35 +38,40 @@ from typing import Any
 
 import numpy as np
 
-from napari_conformal.errors import StoreValidationError
+from napari_conformal.core.validation import _check_finite, sum_tolerance
+from napari_conformal.errors import ConformalError, StoreValidationError
 
 __all__ = [
     "ARRAY_NAMES",
+    "FEATURES_RECORD_KEY",
+    "FEATURES_WRITE_ID_KEY",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "Layout",
     "Metadata",
     "check_features",
     "check_format_attrs",
-    "check_image",
-    "check_label",
     "check_layout",
     "check_metadata",
-    "check_samples",
     "check_stored_dtypes",
-    "default_atol",
     "default_label_names",
+    "features_record",
     "labels_storage_dtype",
     "normalize_features_info",
     "normalize_label_names",
     "normalize_sampler",
     "normalize_spacing",
+    "resolve_atol",
 ]
 
 FORMAT_NAME = "napari-conformal-dataset"
 FORMAT_VERSION = 1
 #: The arrays the format defines, required ones first.
 ARRAY_NAMES = ("images", "samples", "labels", "features")
+#: Attribute of the ``features`` array holding its record (channels, grid, extractor description).
+FEATURES_RECORD_KEY = "features"
+#: Attribute of the ``features`` array naming the write that made it (a new value for every write).
+FEATURES_WRITE_ID_KEY = "write_id"
 _REQUIRED = ("images", "samples")
 
 _SAMPLES_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
@@ -103,7 +118,6 @@ class Metadata:
     spacing: tuple[float, ...]
     label_names: list[str]
     sampler: str
-    features_info: dict[str, Any] | None
 
 
 # ----------------------------------------------------------------------------------------- attributes
@@ -219,11 +233,12 @@ def normalize_features_info(info: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def check_metadata(attrs: Mapping[str, Any], layout: Layout, *, has_features: bool) -> Metadata:
-    """Check and normalise ``spacing``, ``label_names``, ``sampler`` and ``features`` attributes.
+def check_metadata(attrs: Mapping[str, Any], layout: Layout) -> Metadata:
+    """Check and normalise the ``spacing``, ``label_names`` and ``sampler`` group attributes.
 
-    The first three are optional in stores written by other tools (defaults: 1.0 mm, default names,
-    ``"unknown"``) but must be valid when present.
+    They are optional in stores written by other tools (defaults: 1.0 mm, default names,
+    ``"unknown"``) but must be valid when present. A legacy ``features`` group attribute must be a
+    dict; what it says is weighed by :func:`features_record`.
     """
     try:
         spacing = normalize_spacing(attrs.get("spacing"), layout.ndim)
@@ -231,14 +246,75 @@ def check_metadata(attrs: Mapping[str, Any], layout: Layout, *, has_features: bo
         sampler = normalize_sampler(attrs.get("sampler"))
     except StoreValidationError as exc:
         raise StoreValidationError(f"attrs: {exc}") from None
-    info = attrs.get("features")
-    if info is not None:
-        if not isinstance(info, Mapping):
-            raise StoreValidationError(f"attrs['features'] must be a dict, got {info!r}")
-        if not has_features:
-            raise StoreValidationError("attrs['features'] is set but the 'features' array is missing")
-        info = dict(info)
-    return Metadata(spacing=spacing, label_names=label_names, sampler=sampler, features_info=info)
+    legacy = attrs.get("features")
+    if legacy is not None and not isinstance(legacy, Mapping):
+        raise StoreValidationError(f"attrs['features'] must be a dict, got {legacy!r}")
+    return Metadata(spacing=spacing, label_names=label_names, sampler=sampler)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _record_agrees(record: Mapping[str, Any], feature_shape: tuple[int, ...]) -> bool:
+    """Whether a record's ``n_channels`` and ``grid_shape`` are those of the array, ``(C, *S')``."""
+    channels, grid = record.get("n_channels"), record.get("grid_shape")
+    return (
+        _is_int(channels)
+        and channels == feature_shape[0]
+        and isinstance(grid, list)
+        and all(_is_int(g) for g in grid)
+        and tuple(grid) == tuple(feature_shape[1:])
+    )
+
+
+def features_record(
+    array_attrs: Mapping[str, Any] | None,
+    group_attrs: Mapping[str, Any],
+    feature_shape: tuple[int, ...] | None,
+) -> dict[str, Any] | None:
+    """The record of the features cache (``store.features_info``), derived from the array it describes.
+
+    Parameters
+    ----------
+    array_attrs : mapping or None
+        Attributes of the ``features`` array (None when the store has none).
+    group_attrs : mapping
+        Group attributes (a store from before the record moved into the array keeps it there).
+    feature_shape : tuple of int or None
+        ``(C, *S')`` of the array.
+
+    Returns
+    -------
+    dict or None
+        The array's own record; else a legacy group record that agrees with the array's shape; else
+        None (no array, or data without a trustworthy record: the cache is then never used).
+
+    Raises
+    ------
+    StoreValidationError
+        The array's own record is not a dict or disagrees with the array (the writer commits both
+        together, so this is damage).
+    """
+    if array_attrs is None or feature_shape is None:
+        return None
+    record = array_attrs.get(FEATURES_RECORD_KEY)
+    if record is not None:
+        if not isinstance(record, Mapping):
+            raise StoreValidationError(
+                f"features: its record (array attribute 'features') must be a dict, got {record!r}"
+            )
+        if not _record_agrees(record, feature_shape):
+            raise StoreValidationError(
+                f"features: its record says n_channels={record.get('n_channels')!r}, "
+                f"grid_shape={record.get('grid_shape')!r}, but the array holds (C, *S') = {feature_shape}; "
+                "the store is damaged (write the features again with overwrite=True)"
+            )
+        return dict(record)
+    legacy = group_attrs.get("features")
+    if isinstance(legacy, Mapping) and _record_agrees(legacy, feature_shape):
+        return dict(legacy)
+    return None
 
 
 # ------------------------------------------------------------------------------------ shapes / dtypes
@@ -349,15 +425,6 @@ def check_stored_dtypes(dtypes: Mapping[str, np.dtype]) -> None:
         raise StoreValidationError(f"features: dtype {np.dtype(dtypes['features'])}, expected float16")
 
 
-def default_atol(samples_dtype: np.dtype) -> float:
-    """Default tolerance on ``|Σ_l p_l − 1|``: 1e-3 for float16 samples, 1e-4 for float32.
-
-    float16 rounds each probability with relative error ≤ 2⁻¹¹ ≈ 4.9e-4, so a sum of rounded
-    probabilities is off by at most 4.9e-4 < 1e-3; float32 rounding is far below 1e-4.
-    """
-    return 1e-3 if np.dtype(samples_dtype) == np.float16 else 1e-4
-
-
 def labels_storage_dtype(n_labels: int) -> np.dtype:
     """Smallest unsigned integer dtype holding 0..L−1 (uint8, uint16, else int32)."""
     if n_labels <= 256:
@@ -367,84 +434,20 @@ def labels_storage_dtype(n_labels: int) -> np.dtype:
     return np.dtype(np.int32)
 
 
-# ----------------------------------------------------------------------------------- per-image values
+def resolve_atol(atol: float | None, samples_dtype: Any) -> float:
+    """The tolerance on ``|Σ_l p_l − 1|``: ``atol`` when given (finite, ≥ 0), else that of the stored dtype.
 
-
-def _where(mask: np.ndarray) -> tuple[int, ...]:
-    """Index of the first True entry of ``mask``."""
-    return tuple(int(k) for k in np.unravel_index(int(np.argmax(mask)), mask.shape))
-
-
-def _check_finite(name: str, index: int, values: np.ndarray) -> None:
-    finite = np.isfinite(values)
-    if not finite.all():
-        bad = ~finite
-        at = _where(bad)
-        kinds = []
-        if np.isnan(values).any():
-            kinds.append("NaN")
-        if np.isinf(values).any():
-            kinds.append("inf")
-        raise StoreValidationError(
-            f"{name}, image {index}: {int(bad.sum())} non-finite value(s) ({'/'.join(kinds)}), "
-            f"first at {at} = {values[at]}"
-        )
-
-
-def check_image(index: int, image: np.ndarray) -> None:
-    """Check one image ``(*S)``: every value finite."""
-    _check_finite("images", index, image)
-
-
-def check_samples(index: int, samples: np.ndarray, atol: float) -> None:
-    """Check the softmax samples ``(T, L, *S)`` of one image.
-
-    Every value finite and in [0, 1]; for every sample t and voxel, ``|Σ_l p_l − 1| ≤ atol``.
-    Pass the values as stored (after any cast to float16) so that the check sees what a reader sees.
+    The default is :func:`napari_conformal.core.validation.sum_tolerance` (1e-3 for float16 samples,
+    1e-4 for float32).
     """
-    _check_finite("samples", index, samples)
-    lo, hi = float(samples.min()), float(samples.max())
-    if hi == 0.0:
-        raise StoreValidationError(
-            f"samples, image {index}: all probabilities are 0 (was this image ever written?)"
-        )
-    if lo < 0.0:
-        at = _where(samples < 0)
-        raise StoreValidationError(
-            f"samples, image {index}: negative probability {samples[at]} at (t, l, *voxel) = {at}"
-        )
-    if hi > 1.0:
-        at = _where(samples > 1)
-        raise StoreValidationError(
-            f"samples, image {index}: probability {samples[at]} > 1 at (t, l, *voxel) = {at}"
-        )
-    total = samples.sum(axis=1, dtype=np.float32)
-    dev = np.abs(total - np.float32(1.0))
-    worst = float(dev.max())
-    if worst > atol:
-        at = _where(dev == dev.max())
-        raise StoreValidationError(
-            f"samples, image {index}: probabilities do not sum to 1 over the L={samples.shape[1]} labels: "
-            f"sum {float(total[at]):.6g} at (t, *voxel) = {at}, {int((dev > atol).sum())} place(s) off "
-            f"by more than atol={atol:g}"
-        )
-
-
-def check_label(index: int, label: np.ndarray, n_labels: int) -> None:
-    """Check the ground truth ``(*S)`` of one image: integer dtype, values in 0..L−1."""
-    if not np.issubdtype(label.dtype, np.integer):
-        raise StoreValidationError(f"labels, image {index}: dtype {label.dtype}, expected an integer dtype")
-    if label.size == 0:
-        return
-    lo, hi = int(label.min()), int(label.max())
-    if lo < 0 or hi > n_labels - 1:
-        at = _where((label < 0) | (label > n_labels - 1))
-        raise StoreValidationError(
-            f"labels, image {index}: value {int(label[at])} at voxel {at} is outside 0..{n_labels - 1} "
-            f"(L={n_labels} labels)"
-        )
+    if atol is None:
+        return sum_tolerance(samples_dtype)
+    value = float(atol)
+    if not math.isfinite(value) or value < 0:
+        raise ConformalError(f"atol must be a finite number >= 0, got {atol!r}")
+    return value
 
 
 def check_features(index: int, features: np.ndarray) -> None:
-    """Check the features ``(C, *S')`` of one image: every value finite (float16 overflows to inf)."""
-    _check_finite("features", index, features)
+    """The features ``(C, *S')`` of one image as stored: every value finite (float16 overflows to inf)."""
+    _check_finite(f"features, image {int(index)}", np.asarray(features))

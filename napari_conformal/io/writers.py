@@ -29,7 +29,7 @@ import numpy as np
 
 from napari_conformal.errors import ConformalError
 from napari_conformal.io.atomic import atomic_file
-from napari_conformal.io.provenance import dumps_header, get_provenance, layer_header
+from napari_conformal.io.provenance import HEADER_MEMBER, dumps_header, get_provenance, layer_header
 
 __all__ = [
     "atomic_file",
@@ -44,7 +44,6 @@ __all__ = [
     "write_layer_tiff",
 ]
 
-_HEADER_MEMBER = "__napari_conformal__"  # same name as readers.HEADER_MEMBER (import kept light)
 
 
 def _with_suffix(path: str | os.PathLike[str], suffixes: tuple[str, ...]) -> Path:
@@ -103,7 +102,7 @@ def write_layer_npz(
     header = layer_header(layer_type, arr.shape, arr.dtype, attributes)
     target = _with_suffix(path, (".npz",))
     with atomic_file(target) as fh:
-        np.savez_compressed(fh, data=arr, **{_HEADER_MEMBER: np.array(dumps_header(header))})
+        np.savez_compressed(fh, data=arr, **{HEADER_MEMBER: np.array(dumps_header(header))})
     return str(target)
 
 
