@@ -348,7 +348,7 @@ CALIBRATION_DAMAGE = {
     ),
     "lambda_hat NaN": (
         lambda text, doc: json.dumps(_edited(doc, "lambda_hat", float("nan"), redigest=False)),
-        "not valid JSON",
+        "NaN or infinity",
     ),
     "lambda_hat -5": (
         lambda text, doc: json.dumps(_edited(doc, "lambda_hat", -5.0, redigest=True)),

@@ -332,7 +332,7 @@ def test_cli_features_then_calibrate_and_evaluate(store_path: Path, tmp_path: Pa
     _fails(
         capsys,
         ["features", str(store_path), "--features", "nope", "--overwrite"],
-        "unknown feature extractor",
+        "must be one of",
     )
     _fails(capsys, ["features", str(store_path), "--overwrite"], "--features")
     real_access = os.access

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import types
 
@@ -79,9 +78,19 @@ def test_save_and_reopen_result_layer_with_provenance(make_napari_viewer, tmp_pa
         viewer.layers.remove(reopened)
         viewer.layers.selection = {viewer.layers["crc set"]}
 
+    # a result layer carries its calibration: saving the layer as .json writes a loadable CALIB.json
+    from napari_conformal.api import calibrate
+    from napari_conformal.core.calibration import Calibration
+    from napari_conformal.testing.synthetic import binary_blobs_dataset
+
+    images, samples, labels = binary_blobs_dataset(12, (16, 16), n_samples=4, seed=0)
+    calibration = calibrate(
+        method="crc", alpha=0.2, images=images, samples=samples, labels=labels, cal_indices=range(8)
+    )
+    viewer.layers["crc set"].metadata = {"napari_conformal": {**prov, "calibration": calibration}}
     calib = tmp_path / "calib.json"
     viewer.layers.save(str(calib), selected=True, plugin=PLUGIN)
-    assert json.loads(calib.read_text()) == prov
+    assert Calibration.load(calib).to_json() == calibration.to_json()
 
 
 def test_broken_store_reports_a_conformal_error(make_napari_viewer, tmp_path):

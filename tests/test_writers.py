@@ -224,43 +224,48 @@ def test_header_shape_mismatch_is_refused(tmp_path):
 # ------------------------------------------------------------------------------------- calibration
 
 
-def test_calibration_from_provenance(tmp_path):
-    (path,) = write_calibration_json(str(tmp_path / "calib"), np.zeros(3), _attrs())
+def _calibration():
+    """A real calibration (CRC on in-memory arrays)."""
+    from napari_conformal.api import calibrate
+    from napari_conformal.testing.synthetic import binary_blobs_dataset
+
+    images, samples, labels = binary_blobs_dataset(12, (16, 16), n_samples=4, seed=0)
+    return calibrate(
+        method="crc", alpha=0.2, images=images, samples=samples, labels=labels, cal_indices=range(8)
+    )
+
+
+def test_calibration_from_provenance_writes_a_loadable_file(tmp_path):
+    from napari_conformal.core.calibration import Calibration
+
+    calib = _calibration()
+    attrs = {"name": "crc set", "metadata": {"napari_conformal": {**_provenance(), "calibration": calib}}}
+    (path,) = write_calibration_json(str(tmp_path / "calib"), np.zeros(3), attrs)
     assert path == str(tmp_path / "calib.json")
-    assert json.loads((tmp_path / "calib.json").read_text()) == _expected_provenance()
+    assert Calibration.load(path).to_json() == calib.to_json()
+    assert calibration_record(attrs) is calib
 
 
-def test_full_calibration_record_wins_and_loads_in_the_cli(tmp_path):
-    from napari_conformal.cli import load_calibration
+def test_calibration_read_back_from_a_layer_file_is_validated(tmp_path):
+    """A layer opened from a file carries its calibration as JSON; the writer checks it before writing."""
+    from napari_conformal.core.calibration import Calibration
 
-    record = {
-        "method": "crc",
-        "alpha": 0.1,
-        "nu": None,
-        "k": None,
-        "lambda_hat": np.float64(0.42),
-        "n": 20,
-        "cal_indices": np.arange(20),
-        "version": "0.1.0",
-        "store": {"path": "/s.zarr", "identity": "00"},
-        "params": {"tau": float("nan")},
-    }
-    attrs = {"name": "r", "metadata": {"napari_conformal": {**_provenance(), "calibration": record}}}
+    calib = _calibration()
+    doc = json.loads(calib.to_json())
+    attrs = {"name": "r", "metadata": {"napari_conformal": {**_provenance(), "calibration": doc}}}
     (path,) = write_calibration_json(str(tmp_path / "c.json"), None, attrs)
-    calib = load_calibration(path)
-    assert calib["lambda_hat"] == 0.42
-    assert calib["cal_indices"] == list(range(20))
-    assert calib["params"] == {"tau": None}  # JSON has no NaN
-    assert calib["method"] == "crc"
+    assert Calibration.load(path).lambda_hat == calib.lambda_hat
+    doc["lambda_hat"] = 0.99  # edited: the digest no longer matches
+    with pytest.raises(ConformalError, match="changed after it was written"):
+        write_calibration_json(str(tmp_path / "d.json"), None, attrs)
+    assert not (tmp_path / "d.json").exists()
 
 
-def test_calibration_writer_refuses_layers_without_a_record(tmp_path):
+def test_calibration_writer_refuses_layers_without_a_calibration(tmp_path):
     with pytest.raises(ConformalError, match="no napari-conformal provenance"):
         write_calibration_json(str(tmp_path / "c.json"), None, {"name": "img", "metadata": {}})
-    with pytest.raises(ConformalError, match="lambda_hat"):
+    with pytest.raises(ConformalError, match="holds no calibration"):
         calibration_record({"name": "img", "metadata": {"napari_conformal": {"method": "crc", "alpha": 0.1}}})
-    with pytest.raises(ConformalError, match="dict"):
-        calibration_record({"metadata": {"napari_conformal": "crc"}})
-    with pytest.raises(ConformalError, match="lacks"):
+    with pytest.raises(ConformalError, match="expected a Calibration"):
         write_calibration(tmp_path / "c.json", {"method": "crc"})
     assert os.listdir(tmp_path) == []
