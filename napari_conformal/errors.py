@@ -16,6 +16,8 @@ __all__ = [
     "LambdaMaxReachedError",
     "NonMonotoneCurveError",
     "ParameterError",
+    "StoreBusyError",
+    "StoreExistsError",
     "StoreValidationError",
 ]
 
@@ -57,6 +59,10 @@ class Cancelled(Exception):
 
     Deliberately not a :class:`ConformalError`: cancelling is not a user error.
     """
+
+
+class StoreBusyError(ConformalError):
+    """Another process holds the writer lock of what this process wants to write (e.g. a feature cache)."""
 
 
 class StoreExistsError(ConformalError, FileExistsError):

@@ -290,3 +290,31 @@ def test_store_opened_as_layers_is_offered_and_calibrates(widget, qtbot, tmp_pat
     for layer in list(widget.viewer.layers):
         widget.viewer.layers.remove(layer)
     assert widget.layer_stores() == [] and not widget.layer_store_combo.isEnabled()
+
+
+def test_progress_feed_never_reenters_and_ends_on_the_last_step(make_napari_viewer):
+    """A progress update that processes events can deliver the next step while it runs (a RecursionError
+    before): the feed keeps the latest such step and applies it after the update returns."""
+    from napari_conformal._widgets._progress import ProgressFeed
+    from napari_conformal.core.progress import Step
+
+    make_napari_viewer()
+    feed = ProgressFeed("test", total=10)
+    real_update = feed.bar.update
+    depth = {"now": 0, "max": 0}
+    arrivals = iter(range(2, 3001))
+
+    def update_that_delivers_the_next_step(k: int) -> None:  # what processEvents does with a queued signal
+        depth["now"] += 1
+        depth["max"] = max(depth["max"], depth["now"])
+        real_update(k)
+        nxt = next(arrivals, None)
+        if nxt is not None:
+            feed(Step(nxt, 3000, "search"))
+        depth["now"] -= 1
+
+    feed.bar.update = update_that_delivers_the_next_step
+    feed(Step(1, 3000, "search"))  # 3000 nested deliveries would overflow the stack if the feed re-entered
+    assert depth["max"] == 1
+    assert feed.bar.n == 3000 and feed.last == (3000, 3000) and feed.bar.desc.startswith("test: search")
+    feed.close()

@@ -152,26 +152,15 @@ class ExplorerBase(QWidget):
         progress bar labelled ``description``. Errors become notifications.
         """
         from napari.qt.threading import create_worker
-        from napari.utils import progress
 
         worker = create_worker(fn, *args, _start_thread=False, _ignore_errors=True, **kwargs)
         bar: list[Any] = []
         connect = guarded_connect
         if description is not None and hasattr(worker, "yielded"):
-            bar.append(progress(total=0, desc=description))
+            from napari_conformal._widgets._progress import ProgressFeed
 
-            def on_yield(step: Any) -> None:
-                if isinstance(step, tuple) and len(step) == 2:
-                    done, total = step
-                    stage = getattr(step, "stage", None)
-                    if stage and stage != "images":
-                        bar[0].set_description(f"{description}: {stage}")
-                    if bar[0].total != total:
-                        bar[0].total = total
-                        bar[0].n = 0
-                    bar[0].update(done - bar[0].n)
-
-            connect(worker.yielded, on_yield)
+            bar.append(ProgressFeed(description))
+            connect(worker.yielded, bar[0])
         if on_done is not None:
             connect(worker.returned, on_done)
         connect(worker.errored, lambda exc: notify_error(exc, self.status))

@@ -337,8 +337,8 @@ class CalibrationWidget(QWidget):
     def run(self) -> None:
         """Validate the inputs and start the calibration in a background worker."""
         from napari.qt.threading import thread_worker
-        from napari.utils import progress
 
+        from napari_conformal._widgets._progress import ProgressFeed
         from napari_conformal.api import iter_calibrate
         from napari_conformal.errors import ConformalError
         from napari_conformal.io.indices import random_split, recorded_split
@@ -368,7 +368,7 @@ class CalibrationWidget(QWidget):
             split_seed=seed,
             **req["options"],
         )
-        self._progress = progress(total=len(cal), desc=f"Calibrating {method.title or req['method']}")
+        self._progress = ProgressFeed(f"Calibrating {method.title or req['method']}", total=len(cal))
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda calibration: self._on_done(calibration, store, test))
         worker.errored.connect(self._error)
@@ -394,17 +394,8 @@ class CalibrationWidget(QWidget):
         self.run_button.setText("Cancel" if busy else "Run calibration")
 
     def _on_progress(self, step: tuple[int, int]) -> None:
-        done, total = step[0], step[1]
-        bar = self._progress
-        if bar is None:
-            return
-        stage = getattr(step, "stage", "images")
-        if bar.total != total:
-            bar.total = total
-            bar.n = 0
-        if stage != "images":
-            bar.set_description(f"Calibrating: {stage}")
-        bar.update(done - bar.n)
+        if self._progress is not None:
+            self._progress(step)  # a ProgressFeed: never re-entered by the events an update processes
 
     def _on_done(self, calibration: Any, store: Any, test: list[int]) -> None:
         self.calibration = calibration

@@ -31,6 +31,7 @@ __all__ = [
     "check_alpha",
     "check_calibration_size",
     "check_fg_class",
+    "check_finite",
     "check_image",
     "check_k",
     "check_label",
@@ -201,7 +202,8 @@ def sum_tolerance(dtype: Any) -> float:
     return 1e-3 if np.dtype(dtype) == np.float16 else 1e-4
 
 
-def _check_finite(name: str, values: np.ndarray) -> None:
+def check_finite(name: str, values: np.ndarray) -> None:
+    """Every value of ``values`` finite; else a StoreValidationError naming ``name``, the count and the first place."""
     finite = np.isfinite(values)
     if not finite.all():
         bad = ~finite
@@ -221,7 +223,7 @@ def check_image(image: Any, index: int | None = None, shape: tuple[int, ...] | N
     if shape is not None and arr.shape != tuple(shape):
         raise StoreValidationError(f"{name}: shape {arr.shape}, expected {tuple(shape)}")
     if np.issubdtype(arr.dtype, np.floating):
-        _check_finite(name, arr)
+        check_finite(name, arr)
     return arr
 
 
@@ -278,7 +280,7 @@ def check_samples(
         raise StoreValidationError(f"{name}: dtype {arr.dtype}, expected floating-point probabilities")
     # float16 arithmetic is emulated by numpy: check a float32 copy (exact for float16 values)
     values = arr.astype(np.float32) if arr.dtype == np.float16 else arr
-    _check_finite(name, values)
+    check_finite(name, values)
     lo, hi = float(values.min()), float(values.max())
     if hi == 0.0:
         raise StoreValidationError(f"{name}: all probabilities are 0 (was this image ever written?)")
@@ -335,5 +337,5 @@ def check_probabilities(probs: Any, name: str = "probs") -> np.ndarray:
     arr = np.asarray(probs, dtype=np.float64)
     if arr.ndim < 2 or arr.shape[0] < 2:
         raise StoreValidationError(f"{name} must have shape (L, *S) with L >= 2, got shape {arr.shape}")
-    _check_finite(name, arr)
+    check_finite(name, arr)
     return arr

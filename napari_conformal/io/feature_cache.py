@@ -33,8 +33,8 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from napari_conformal.errors import StoreExistsError, StoreValidationError
-from napari_conformal.io.lock import StoreBusyError, pid_alive, writer_lock
+from napari_conformal.errors import StoreBusyError, StoreExistsError, StoreValidationError
+from napari_conformal.io.lock import pid_alive, writer_lock
 from napari_conformal.io.validate import (
     FEATURES_RECORD_KEY,
     FEATURES_WRITE_ID_KEY,

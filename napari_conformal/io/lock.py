@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from napari_conformal.errors import ConformalError
+from napari_conformal.errors import StoreBusyError
 
 try:  # POSIX
     import fcntl
@@ -30,11 +30,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
     import msvcrt
 
-__all__ = ["StoreBusyError", "holder", "pid_alive", "writer_lock"]
-
-
-class StoreBusyError(ConformalError):
-    """Another process holds the writer lock of what this process wants to write."""
+__all__ = ["holder", "pid_alive", "writer_lock"]
 
 
 def _try_lock(fd: int) -> None:

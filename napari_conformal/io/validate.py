@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_conformal.core.validation import _check_finite, sum_tolerance
+from napari_conformal.core.validation import check_finite, sum_tolerance
 from napari_conformal.errors import ConformalError, StoreValidationError
 
 __all__ = [
@@ -450,4 +450,4 @@ def resolve_atol(atol: float | None, samples_dtype: Any) -> float:
 
 def check_features(index: int, features: np.ndarray) -> None:
     """The features ``(C, *S')`` of one image as stored: every value finite (float16 overflows to inf)."""
-    _check_finite(f"features, image {int(index)}", np.asarray(features))
+    check_finite(f"features, image {int(index)}", np.asarray(features))
