@@ -576,6 +576,8 @@ class DatasetStore:
         atol : float, optional
             Tolerance on the sums of probabilities (default per samples dtype).
 
+        Notes
+        -----
         Nothing is written when any check fails.
         """
         self._require_writable()
@@ -605,6 +607,8 @@ class DatasetStore:
         overwrite : bool
             Replace existing features.
 
+        Notes
+        -----
         The new array is written, record included, under a temporary name of this process and renamed
         into place only when every image passed validation (finite after the float16 cast), so a
         failure leaves the previous state. One process writes at a time (:mod:`~napari_conformal.io.feature_cache`).
