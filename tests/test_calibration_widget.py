@@ -277,7 +277,11 @@ def test_store_opened_as_layers_is_offered_and_calibrates(widget, qtbot, tmp_pat
     assert widget.store_edit.text() == resolved  # empty field: the open store is taken
     widget.viewer.open(str(other), plugin="napari-conformal")
     assert [path for _, path in widget.layer_stores()] == [resolved, str(other.resolve())]
-    assert widget.store_edit.text() == resolved  # a second store does not replace the choice
+    # the store opened last is the one Run calibrates (it used to stay on the first: the wrong data)
+    assert widget.store_edit.text() == str(other.resolve())
+    widget.layer_store_combo.setCurrentIndex(1)
+    widget.layer_store_combo.activated.emit(1)
+    assert widget.store_edit.text() == resolved
     widget.layer_store_combo.setCurrentIndex(2)
     widget.layer_store_combo.activated.emit(2)
     assert widget.store_edit.text() == str(other.resolve())

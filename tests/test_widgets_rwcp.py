@@ -35,6 +35,14 @@ def test_alpha_and_step_sliders_draw_the_core_outputs(explorer, qtbot, tmp_path)
     result, cal, test = calibrated(store, "rwcp", alpha=0.2, params=FAST_RWCP)
     ws = explorer.workspace
     ws.publish(store, result, test)
+    _settle(qtbot, explorer, "set:rwcp", "rwcp:step")
+    # one method in focus: the companions are off until asked for, and the legend names every colour
+    assert explorer.layers.get("set:crc") is None and explorer.layers.get("set:consema") is None
+    texts = [text for _, _, text, _ in explorer.legend.entries]
+    assert any("RW-CP set" in t for t in texts) and any("CRC set" in t for t in texts)
+    assert "misses at most 20 %" in explorer.banner.text()
+    for name in ("crc", "consema"):
+        explorer.set_companion(name, True)
     _settle(qtbot, explorer, "set:rwcp", "set:crc", "set:consema", "rwcp:step")
     i = test[0]
     assert ws.index == i
@@ -114,6 +122,8 @@ def test_user_layers_untouched_export_and_3d(explorer, qtbot, tmp_path):
     i = test[0]
     user = viewer.add_labels(np.zeros(store.spatial_shape, np.uint8), name=f"RW-CP set (image {i})")
     explorer.workspace.publish(store, result, test)
+    for name in ("crc", "consema"):
+        explorer.set_companion(name, True)
     _settle(qtbot, explorer, "set:rwcp", "set:crc", "set:consema")
     assert not user.data.any() and "napari_conformal" not in user.metadata
     own = explorer.layers.get("set:rwcp")

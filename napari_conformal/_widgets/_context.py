@@ -20,15 +20,24 @@ from napari_conformal.explore.workspace import Workspace
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["ViewerContext", "context_for", "unwrap_viewer"]
+__all__ = [
+    "SHORTCUTS",
+    "ViewerContext",
+    "bind_keys",
+    "context_for",
+    "step_image",
+    "step_member",
+    "unwrap_viewer",
+]
 
 
 @dataclass
 class ViewerContext:
-    """Workspace and plugin layers of one viewer."""
+    """Workspace and plugin layers of one viewer, and which store the view was last fitted to."""
 
     workspace: Workspace
     layers: ResultLayers
+    fitted: str | None = None
 
     def show_image(self, index: int) -> Any:
         """Show image ``index`` of the workspace's store in the shared ``image`` layer."""
@@ -41,9 +50,14 @@ class ViewerContext:
                 "image_index": int(index),
             }
         }
-        return self.layers.show(
+        layer = self.layers.show(
             "image", "image", store.image(index), name=f"image {index}", metadata=meta, scale=store.spacing
         )
+        viewer = self.layers.viewer
+        if viewer is not None and self.fitted != ws.store_identity:  # a new store: fit it to the view
+            self.fitted = ws.store_identity
+            viewer.reset_view()
+        return layer
 
     def ensure_image(self, index: int) -> Any:
         """The shared ``image`` layer, showing image ``index`` (updated only when it shows another)."""
@@ -80,7 +94,62 @@ def context_for(viewer: napari.Viewer) -> ViewerContext:
         _CONTEXTS[key] = ctx
         weakref.finalize(viewer, _CONTEXTS.pop, key, None)
         viewer.layers.selection.events.active.connect(partial(_follow_active_layer, weakref.ref(ctx)))
+        bind_keys(viewer, weakref.ref(ctx))
     return ctx
+
+
+#: the plugin's keyboard shortcuts: key → (what it does, handler name); listed in the user guide
+SHORTCUTS = {
+    "Alt-Right": "next image (test images first, then calibration images)",
+    "Alt-Left": "previous image",
+    "Shift-Right": "next member (the sample axis of a members layer)",
+    "Shift-Left": "previous member",
+    "Alt-C": "show or hide the companion methods of the explorer in front",
+}
+
+
+def step_image(workspace: Workspace, step: int) -> None:
+    """Move the current image ``step`` places along test-then-calibration order (wrapping)."""
+    order = list(workspace.test_indices) + list(workspace.cal_indices)
+    if not order or workspace.index is None:
+        return
+    pos = order.index(workspace.index) if workspace.index in order else -1
+    workspace.index = order[(pos + step) % len(order)]
+
+
+def step_member(viewer: napari.Viewer, layers: ResultLayers, step: int) -> None:
+    """Move the sample axis of the plugin's members layer in front by ``step`` (wrapping)."""
+    for key, layer in reversed(layers.items()):
+        if key.endswith("members") and layer.visible and layer.ndim == viewer.dims.ndim:
+            n = layer.data.shape[0]
+            current = viewer.dims.current_step[0]
+            viewer.dims.set_current_step(0, (current + step) % n)
+            return
+
+
+def bind_keys(viewer: napari.Viewer, ctx_ref: Callable[[], ViewerContext | None]) -> None:
+    """Install :data:`SHORTCUTS` on ``viewer`` (napari keybindings; they act on this viewer's workspace)."""
+
+    def with_ctx(fn: Callable[[ViewerContext], None]) -> Callable[[Any], None]:
+        def handler(_viewer: Any) -> None:
+            ctx = ctx_ref()
+            if ctx is not None and ctx.workspace.ready:
+                try:
+                    fn(ctx)
+                except ConformalError:
+                    pass
+
+        return handler
+
+    actions = {
+        "Alt-Right": with_ctx(lambda c: step_image(c.workspace, 1)),
+        "Alt-Left": with_ctx(lambda c: step_image(c.workspace, -1)),
+        "Shift-Right": with_ctx(lambda c: step_member(viewer, c.layers, 1)),
+        "Shift-Left": with_ctx(lambda c: step_member(viewer, c.layers, -1)),
+        "Alt-C": with_ctx(lambda c: c.workspace.toggle_companions.emit()),
+    }
+    for key, action in actions.items():
+        viewer.bind_key(key, action, overwrite=True)
 
 
 def _follow_active_layer(ctx_ref: Callable[[], ViewerContext | None], event: Any) -> None:

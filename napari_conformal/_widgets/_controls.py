@@ -6,14 +6,21 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QFormLayout, QWidget
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
 
 from napari_conformal._widgets._display import notify_error
 from napari_conformal.errors import ConformalError
 from napari_conformal.explore.workspace import Workspace
 
-__all__ = ["ImageChooser", "LevelSliders", "connect_until_destroyed", "guarded_connect"]
+__all__ = [
+    "GuaranteeBanner",
+    "ImageChooser",
+    "Legend",
+    "LevelSliders",
+    "connect_until_destroyed",
+    "guarded_connect",
+]
 
 
 class LevelSliders(QWidget):
@@ -153,3 +160,90 @@ def connect_until_destroyed(widget: QWidget, signal: Any, slot: Callable[..., An
         widget.destroyed.connect(partial(_disconnect_all, connections))
     signal.connect(slot)
     connections.append((signal, slot))
+
+
+class GuaranteeBanner(QLabel):
+    """The guarantee of the shown set in plain words, above an explorer's controls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWordWrap(True)
+        self.setTextFormat(Qt.TextFormat.PlainText)
+        self.setStyleSheet("font-weight: bold; padding: 4px;")
+        self.setToolTip("what the calibration guarantees at the current α (and ν), for a new image")
+
+    def show_guarantee(self, text: str, note: str | None = None) -> None:
+        """The guarantee sentence, and a remark on λ̂ when there is one."""
+        self.setText(text if not note else f"{text}\n{note[0].upper()}{note[1:]}.")
+
+
+class Legend(QWidget):
+    """Names every colour an explorer draws; companion entries have a box that shows or hides them.
+
+    Signals
+    -------
+    toggled(str, bool)
+        A checkable entry's box changed: its key and the new state.
+    """
+
+    toggled = Signal(str, bool)
+
+    def __init__(self) -> None:
+        super().__init__()
+        from qtpy.QtWidgets import QGridLayout
+
+        self._grid = QGridLayout(self)
+        self._grid.setContentsMargins(0, 0, 0, 0)
+        self._grid.setHorizontalSpacing(6)
+        self._grid.setVerticalSpacing(2)
+        self._checked: dict[str, bool] = {}
+        self.boxes: dict[str, Any] = {}
+        self.entries: list[tuple[str, str, str, bool]] = []
+
+    def checked(self, key: str, default: bool = False) -> bool:
+        """Whether the entry ``key`` is ticked (``default`` for an entry not shown yet)."""
+        return self._checked.get(key, default)
+
+    def set_checked(self, key: str, value: bool) -> None:
+        """Tick or untick entry ``key`` as a user would (emits :attr:`toggled` on change)."""
+        box = self.boxes.get(key)
+        if box is not None:
+            box.setChecked(bool(value))
+        elif self._checked.get(key) != bool(value):
+            self._checked[key] = bool(value)
+            self.toggled.emit(key, bool(value))
+
+    def set_entries(
+        self, entries: list[tuple[str, str, str, bool]], defaults: dict[str, bool] | None = None
+    ) -> None:
+        """Rows ``(key, colour, text, checkable)``; a checkable row keeps its state across calls."""
+        from qtpy.QtWidgets import QCheckBox
+
+        if entries == self.entries:
+            return
+        self.entries = list(entries)
+        while self._grid.count():
+            item = self._grid.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        self.boxes = {}
+        for row, (key, colour, text, checkable) in enumerate(entries):
+            swatch = QLabel()
+            swatch.setFixedSize(14, 14)
+            swatch.setStyleSheet(f"background-color: {colour}; border: 1px solid #888;")
+            self._grid.addWidget(swatch, row, 0)
+            if checkable:
+                box = QCheckBox(text)
+                box.setChecked(self._checked.setdefault(key, bool((defaults or {}).get(key, False))))
+                box.toggled.connect(lambda value, key=key: self._box_toggled(key, value))
+                self.boxes[key] = box
+                self._grid.addWidget(box, row, 1)
+            else:
+                label = QLabel(text)
+                label.setWordWrap(True)
+                self._grid.addWidget(label, row, 1)
+        self._grid.setColumnStretch(1, 1)
+
+    def _box_toggled(self, key: str, value: bool) -> None:
+        self._checked[key] = bool(value)
+        self.toggled.emit(key, bool(value))

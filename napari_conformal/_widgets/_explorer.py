@@ -12,10 +12,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_conformal._widgets._context import context_for
-from napari_conformal._widgets._controls import ImageChooser, connect_until_destroyed, guarded_connect
+from napari_conformal._widgets._controls import (
+    GuaranteeBanner,
+    ImageChooser,
+    connect_until_destroyed,
+    guarded_connect,
+)
 from napari_conformal._widgets._display import notify_error, title
 from napari_conformal._widgets._layers import layer_kind
 from napari_conformal.errors import ConformalError
@@ -23,10 +37,49 @@ from napari_conformal.errors import ConformalError
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["REDRAW_INTERVAL_MS", "ExplorerBase"]
+__all__ = ["REDRAW_INTERVAL_MS", "ExplorerBase", "tab_with_plugin_docks"]
 
 #: Minimum time between two redraws while a slider is dragged (the last value is always drawn).
 REDRAW_INTERVAL_MS = 40
+
+
+PLUGIN_SUFFIX = "(napari-conformal)"
+
+
+def _dock_of(widget: QWidget) -> Any:
+    from qtpy.QtWidgets import QDockWidget
+
+    parent = widget.parent()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parent()
+    return parent
+
+
+def tab_with_plugin_docks(widget: QWidget) -> None:
+    """Tab the dock holding ``widget`` with the plugin's other docks on the same side of the window.
+
+    napari stacks docks added from the Plugins menu one below the other, which makes the window
+    taller than the screen; tabbed, every dock fits and one is in front at a time.
+    """
+    from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+    dock = _dock_of(widget)
+    if dock is None:
+        return
+    window = dock.parent()
+    while window is not None and not isinstance(window, QMainWindow):
+        window = window.parent()
+    if window is None:
+        return
+    area = window.dockWidgetArea(dock)
+    for other in window.findChildren(QDockWidget):
+        if other is dock or not other.isVisible() or window.dockWidgetArea(other) != area:
+            continue
+        if PLUGIN_SUFFIX in other.windowTitle() or PLUGIN_SUFFIX in other.objectName():
+            if dock not in window.tabifiedDockWidgets(other):
+                window.tabifyDockWidget(other, dock)
+            dock.raise_()
+            return
 
 
 class ExplorerBase(QWidget):
@@ -36,11 +89,16 @@ class ExplorerBase(QWidget):
     cached prepared images, updates layers) and call :meth:`request_redraw`
     when something changed. Redraws are throttled to one per
     :data:`REDRAW_INTERVAL_MS` while a slider moves; the trailing call always
-    runs, so the last value is drawn.
+    runs, so the last value is drawn. Only a dock that is visible redraws: a
+    tab behind another keeps what changed and redraws when it comes to the
+    front, and then takes the focus (:meth:`ResultLayers.focus`): its own
+    layers on top, the other explorers' hidden until theirs is the front tab.
     """
 
     #: minimum time between two redraws while a slider moves (ms)
     redraw_interval_ms = REDRAW_INTERVAL_MS
+    #: the owner name of this explorer's layers (see :meth:`ResultLayers.focus`); None: draws no layers
+    owner: str | None = None
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
@@ -61,6 +119,9 @@ class ExplorerBase(QWidget):
         self._dirty: set[str] = set()
         self._throttled = qthrottled(self._run_redraw, timeout=self.redraw_interval_ms, leading=True)
         self.redraw_count = 0
+        self._tabbed = False
+        self.banner = GuaranteeBanner()
+        connect_until_destroyed(self, self.workspace.calibrating, self._on_calibrating)
         connect_until_destroyed(self, self.workspace.alpha_changed, lambda *_: self.request_redraw("levels"))
         connect_until_destroyed(self, self.workspace.nu_changed, lambda *_: self.request_redraw("levels"))
         connect_until_destroyed(self, self.workspace.image_changed, lambda *_: self.request_redraw("image"))
@@ -70,14 +131,53 @@ class ExplorerBase(QWidget):
     # -- layout helpers ----------------------------------------------------------------------
 
     def base_layout(self) -> QVBoxLayout:
-        """A vertical layout with the image chooser on top."""
-        layout = QVBoxLayout(self)
+        """The content layout: image chooser and guarantee on top, inside a scroll area.
+
+        The scroll area lets the dock be shorter than its content, so every dock fits a 1000-px
+        screen whichever way napari stacks them.
+        """
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        content = QWidget()
+        scroll.setWidget(content)
+        outer.addWidget(scroll)
+        layout = QVBoxLayout(content)
         row = QHBoxLayout()
         row.addWidget(QLabel("Image"))
         self.image_chooser = ImageChooser(self.workspace)
         row.addWidget(self.image_chooser, 1)
         layout.addLayout(row)
+        layout.addWidget(self.banner)
         return layout
+
+    def show_layer(self, key: str, kind: str, data: np.ndarray, **kwargs: Any) -> Any:
+        """:meth:`ResultLayers.show` with this explorer as the layer's owner."""
+        return self.layers.show(key, kind, data, owner=self.owner, **kwargs)
+
+    def show_guarantee(self, method: Any, alpha: float, nu: float | None, lam: float) -> None:
+        """The method's guarantee at (α, ν) in words, with its remark on λ̂ (e.g. "one segmentation")."""
+        self.banner.show_guarantee(method.guarantee(alpha, nu), method.lambda_note(lam, alpha=alpha, nu=nu))
+
+    def _on_calibrating(self, message: str) -> None:
+        if message:
+            self.banner.setText(message)
+        self.request_redraw("session")
+
+    # -- focus and placement ----------------------------------------------------------------------
+
+    def showEvent(self, event: Any) -> None:
+        """Coming to the front: tab with the plugin's other docks (once), take the focus, draw what changed."""
+        super().showEvent(event)
+        if not self._tabbed:
+            self._tabbed = True
+            tab_with_plugin_docks(self)
+        if self.owner is not None:
+            self.layers.focus(self.owner)
+        if self._dirty:
+            self.request_redraw()
 
     def export_button(self) -> QPushButton:
         """A button that exports this explorer's layers and calibrations to a chosen folder."""
@@ -102,8 +202,8 @@ class ExplorerBase(QWidget):
 
     @property
     def idle(self) -> bool:
-        """Whether no background work is running and no redraw is pending."""
-        return not self._workers and not self._dirty
+        """Whether no background work is running and no redraw is pending (a hidden tab waits to be shown)."""
+        return not self._workers and (not self._dirty or not self.isVisible())
 
     def settled(self) -> bool:
         """Run a pending redraw, then say whether the explorer is :attr:`idle` (for wait loops)."""
@@ -111,6 +211,8 @@ class ExplorerBase(QWidget):
         return self.idle
 
     def _run_redraw(self) -> None:
+        if not self.isVisible():  # a tab behind another: draw when it comes to the front (showEvent)
+            return
         dirty, self._dirty = self._dirty, set()
         try:
             self.redraw(dirty or {"all"})

@@ -47,6 +47,10 @@ class ResultLayers:
         self._layers: dict[str, Any] = {}
         self._contoured: set[str] = set()
         self._colours: dict[str, str] = {}
+        self._owners: dict[str, str] = {}
+        self._parked: dict[str, bool] = {}  # visibility of layers hidden while another explorer has the focus
+        self._readonly: set[str] = set()
+        self.focused: str | None = None
         viewer.dims.events.ndisplay.connect(self._on_ndisplay)
 
     @property
@@ -74,10 +78,50 @@ class ResultLayers:
         return 1 if viewer is None or viewer.dims.ndisplay == 2 else 0
 
     def _on_ndisplay(self, event: Any = None) -> None:
-        for key in self._contoured:
-            layer = self.get(key)
-            if layer is not None:
+        three_d = self._contour_value() == 0
+        for key, layer in self.items():
+            if key in self._contoured:
                 layer.contour = self._contour_value()
+            if key in self._readonly:  # napari resets a layer's editability when the view changes
+                layer.editable = False
+            if layer_kind(layer) == "image" and key != "image":
+                # maps over a volume: a surface at their mid level in 3D, not a bright block of maxima
+                layer.rendering = "iso" if three_d else "mip"
+                if three_d:
+                    lo, hi = layer.contrast_limits
+                    layer.iso_threshold = lo + 0.5 * (hi - lo)
+            elif key == "image":
+                layer.rendering = "attenuated_mip" if three_d else "mip"
+
+    def owner(self, key: str) -> str | None:
+        """The explorer that draws ``key`` (None: shared, e.g. the image)."""
+        return self._owners.get(key)
+
+    def focus(self, owner: str) -> None:
+        """Give ``owner``'s layers the view: theirs on top and shown as they were, the other explorers' hidden.
+
+        Layers of another explorer keep their visibility in memory and get it back when that
+        explorer takes the focus again; the shared image layer is left alone.
+        """
+        viewer = self.viewer
+        if viewer is None or self.focused == owner:
+            return
+        self.focused = owner
+        mine = []
+        for key, layer in self.items():
+            who = self._owners.get(key)
+            if who is None:
+                continue
+            if who == owner:
+                if key in self._parked:
+                    layer.visible = self._parked.pop(key)
+                mine.append(layer)
+            elif key not in self._parked:
+                self._parked[key] = bool(layer.visible)
+                layer.visible = False
+        for layer in mine:  # keep their relative order, above everything else
+            index = viewer.layers.index(layer)
+            viewer.layers.move(index, len(viewer.layers))
 
     def show(
         self,
@@ -90,6 +134,8 @@ class ResultLayers:
         scale: Iterable[float] | None = None,
         contour: bool = False,
         colour: str | None = None,
+        owner: str | None = None,
+        editable: bool = True,
         **kwargs: Any,
     ) -> Any:
         """Add or update the layer of ``key``.
@@ -113,6 +159,11 @@ class ResultLayers:
             Labels only: contours in 2D views.
         colour : str, optional
             Labels only: colour of label 1.
+        owner : str, optional
+            The explorer the layer belongs to (see :meth:`focus`); None for shared layers.
+        editable : bool
+            Labels only: whether painting is allowed (results are not: False keeps a click from
+            painting a "member").
         **kwargs
             Passed to ``add_image``/``add_labels`` for a new layer only.
         """
@@ -129,9 +180,20 @@ class ResultLayers:
             # a private copy: later updates overwrite it in place, which must never touch an array
             # the caller still uses (e.g. a map cached in a prepared image)
             data = np.array(data, copy=True)
+            if owner is not None and self.focused is not None and owner != self.focused:
+                self._parked[key] = bool(kwargs.pop("visible", True))  # drawn for a hidden explorer
+                kwargs["visible"] = False
             layer = add(data, name=name, metadata=metadata, scale=scale, **kwargs)
             self._layers[key] = layer
             self._colours.pop(key, None)
+            if owner is not None:
+                self._owners[key] = owner
+            if kind == "labels" and not editable:
+                layer.mode = "pan_zoom"
+                layer.editable = False
+                self._readonly.add(key)
+            if kind == "image" and key != "image" and self._contour_value() == 0:
+                layer.rendering = "iso"
         else:
             reset = kind == "image" and (
                 layer.data.shape != data.shape or kwargs.get("contrast_limits") is None
@@ -177,3 +239,6 @@ class ResultLayers:
         self._layers.pop(key, None)
         self._contoured.discard(key)
         self._colours.pop(key, None)
+        self._owners.pop(key, None)
+        self._parked.pop(key, None)
+        self._readonly.discard(key)

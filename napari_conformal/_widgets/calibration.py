@@ -20,11 +20,14 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QStackedWidget,
     QVBoxLayout,
@@ -171,6 +174,14 @@ class CalibrationWidget(QWidget):
         self.load_button.clicked.connect(self._load_dialog)
         self.status = QLabel("Choose a store and press Run, or load a saved calibration.")
         self.status.setWordWrap(True)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setVisible(False)
+        self.progress_bar.setTextVisible(True)
+        self.progress_label = QLabel()
+        self.progress_label.setVisible(False)
+        self._started = 0.0
+        self._tabbed = False
+        self._known_stores: list[str] = []
 
         form = QFormLayout()
         form.addRow("Store", store_row)
@@ -189,11 +200,21 @@ class CalibrationWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.load_button)
-        layout = QVBoxLayout(self)
+        outer = QVBoxLayout(self)  # content in a scroll area: the dock may be shorter than it
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        content = QWidget()
+        scroll.setWidget(content)
+        outer.addWidget(scroll)
+        layout = QVBoxLayout(content)
         layout.addLayout(form)
         layout.addWidget(options_box)
         layout.addLayout(split)
         layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.progress_label)
         layout.addWidget(self.status)
         layout.addStretch(1)
 
@@ -284,8 +305,11 @@ class CalibrationWidget(QWidget):
         for name, path in stores:
             combo.addItem(f"{name} ({path})", path)
         combo.setEnabled(bool(stores) and self.worker is None)
-        if stores and not self.store_edit.text().strip():  # a store opened as layers is the obvious choice
-            self.store_edit.setText(stores[0][1])
+        paths = [path for _, path in stores]
+        opened = [path for path in paths if path not in self._known_stores]
+        self._known_stores = paths
+        if opened and self.worker is None:  # the store just opened (File ▸ Open, a sample) is the one meant
+            self.store_edit.setText(opened[-1])
 
     def _store_from_layers(self, pos: int) -> None:
         path = self.layer_store_combo.itemData(pos)
@@ -376,7 +400,13 @@ class CalibrationWidget(QWidget):
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._set_busy(True)
-        self.status.setText(f"Calibrating {method.title or req['method']} on {len(cal)} images…")
+        text = f"Calibrating {method.title or req['method']} on {len(cal)} images…"
+        self.status.setText(text)
+        self._show_progress(True, len(cal))
+        self._raise_dock()
+        from napari_conformal._widgets._context import context_for
+
+        context_for(self.viewer).workspace.calibrating.emit(text)
         worker.start()
 
     def cancel(self) -> None:
@@ -396,6 +426,18 @@ class CalibrationWidget(QWidget):
     def _on_progress(self, step: tuple[int, int]) -> None:
         if self._progress is not None:
             self._progress(step)  # a ProgressFeed: never re-entered by the events an update processes
+        import time
+
+        done, total = int(step[0]), max(int(step[1]), 1)
+        stage = getattr(step, "stage", "images")
+        self.progress_bar.setRange(0, total)
+        self.progress_bar.setValue(min(done, total))
+        elapsed = time.monotonic() - self._started
+        what = "images read and prepared" if stage == "images" else f"{stage} (calibration search)"
+        left = ""
+        if stage == "images" and 0 < done < total and elapsed > 1.0:
+            left = f" · about {elapsed * (total - done) / done:.0f} s left"
+        self.progress_label.setText(f"{what}: {done} / {total}{left}")
 
     def _on_done(self, calibration: Any, store: Any, test: list[int]) -> None:
         self.calibration = calibration
@@ -412,7 +454,7 @@ class CalibrationWidget(QWidget):
         session = workspace.publish(store, calibration, test)
         n_test = len(workspace.test_indices)
         self.status.setText(
-            f"{method.title}: {method.lambda_name} = {calibration.lambda_hat:.5g} from n = {calibration.n} images "
+            f"{method.title}: calibrated {method.lambda_name} = {calibration.lambda_hat:.5g} from n = {calibration.n} images "
             f"({levels}); {n_test} test images. {calibration.guarantee()}"
         )
         if workspace.test_indices:
@@ -448,11 +490,44 @@ class CalibrationWidget(QWidget):
         self.status.setText("Calibration cancelled; nothing was changed.")
 
     def _on_finished(self) -> None:
+        from napari_conformal._widgets._context import context_for
+
         if self._progress is not None:
             self._progress.close()
             self._progress = None
         self.worker = None
         self._set_busy(False)
+        self._show_progress(False)
+        context_for(self.viewer).workspace.calibrating.emit("")
+
+    def _show_progress(self, on: bool, total: int = 0) -> None:
+        import time
+
+        self._started = time.monotonic()
+        self.progress_bar.setVisible(on)
+        self.progress_label.setVisible(on)
+        if on:
+            self.progress_bar.setRange(0, max(total, 1))
+            self.progress_bar.setValue(0)
+            self.progress_label.setText(f"images read and prepared: 0 / {total}")
+
+    def _raise_dock(self) -> None:
+        """Bring this dock's tab to the front while it works."""
+        from napari_conformal._widgets._explorer import _dock_of
+
+        dock = _dock_of(self)
+        if dock is not None:
+            dock.show()
+            dock.raise_()
+
+    def showEvent(self, event: Any) -> None:
+        """First shown: tab with the plugin's other docks."""
+        super().showEvent(event)
+        if not self._tabbed:
+            from napari_conformal._widgets._explorer import tab_with_plugin_docks
+
+            self._tabbed = True
+            tab_with_plugin_docks(self)
 
     def _error(self, exc: BaseException) -> None:
         from napari.utils.notifications import show_error

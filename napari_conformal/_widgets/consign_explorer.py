@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from napari_conformal._widgets._controls import LevelSliders
+from napari_conformal._widgets._controls import Legend, LevelSliders
 from napari_conformal._widgets._display import title
 from napari_conformal._widgets._explorer import ExplorerBase
 from napari_conformal.errors import ConformalError
@@ -72,6 +72,8 @@ class ConsignExplorer(ExplorerBase):
         The coefficient vector of the member drawn from the sliders.
     """
 
+    owner = "consign-explorer"
+
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         from napari_conformal.core.methods.base import methods_drawing
 
@@ -81,13 +83,15 @@ class ConsignExplorer(ExplorerBase):
         self.levels = LevelSliders(self.workspace, with_nu=True)
         layout.addWidget(self.levels)
         self.label_combo = QComboBox()
-        self.label_combo.setToolTip("label whose direction channel and always/possibly regions are shown")
+        self.label_combo.setToolTip("structure whose direction channel and always/possibly regions are shown")
         self.label_combo.currentIndexChanged.connect(lambda *_: self.request_redraw("label"))
         form = QFormLayout()
-        form.addRow("Label", self.label_combo)
+        form.addRow("Structure", self.label_combo)
         layout.addLayout(form)
+        self.legend = Legend()
+        layout.addWidget(self.legend)
 
-        self.coefficient_box = QGroupBox("Coefficients c_k (within the box at λ̂)")
+        self.coefficient_box = QGroupBox("Coefficients c_k (within the calibrated box)")
         self.coefficient_form = QFormLayout(self.coefficient_box)
         self.coefficient_sliders: list[Any] = []
         self.centre_button = QPushButton("Centre")
@@ -242,6 +246,7 @@ class ConsignExplorer(ExplorerBase):
         if session is None:
             running = " (running…)" if self.is_calibrating(self.method_name) else ""
             self.status.setText(f"CONSIGN is not calibrated on this split: press the button below{running}.")
+            self.banner.setText("")
             return
         prepared = self.prepared_or_request(self.method_name, index)
         if prepared is None:
@@ -251,9 +256,10 @@ class ConsignExplorer(ExplorerBase):
         except LevelsPending:
             self._start_search(session, ws.alpha, ws.nu)
             self.status.setText(
-                f"CONSIGN: computing λ̂ for α = {ws.alpha:.3g}, ν = {ws.nu:.3g} (coverage search of the "
-                f"{session.n} calibration images); the layers show the last levels."
+                f"CONSIGN: computing the calibrated λ for α = {ws.alpha:.3g}, ν = {ws.nu:.3g} (coverage search of "
+                f"the {session.n} calibration images); the layers still show the levels in their names."
             )
+            self.banner.setText(f"Calibrating the box for α = {ws.alpha:.3g}, ν = {ws.nu:.3g}…")
             return
         except ConformalError as exc:
             self.status.setText(f"CONSIGN: {' '.join(str(exc).split())}")
@@ -271,50 +277,63 @@ class ConsignExplorer(ExplorerBase):
         self._shown = key
         spacing = ws.store.spacing
         prov = session.provenance(alpha=ws.alpha, nu=ws.nu, lambda_hat=lam, index=index)
+        label = min(self.label, the_set.basis.n_labels - 1)
+        label_name = ws.store.label_names[label]
+        levels = f"α={ws.alpha:.3g} ν={ws.nu:.3g}"
 
         member = the_set.segment(self.coefficients)
-        self.layers.show(
+        self.show_layer(
             "consign:member",
             "labels",
             member,
-            name=f"CONSIGN member (image {index})",
+            name=f"CONSIGN member · {levels} (image {index})",
             metadata={"napari_conformal": {**prov, "coefficients": [float(c) for c in self.coefficients]}},
             scale=spacing,
             opacity=0.5,
+            editable=False,
         )
         if dirty == {"coefficients"} and not set_changed:
             self.status.setText(self._describe(session, lam, lo, hi))
             return
-        label = min(self.label, the_set.basis.n_labels - 1)
-        label_name = ws.store.label_names[label]
+        self.show_guarantee(session.method, ws.alpha, ws.nu, lam)
+        self.legend.set_entries(
+            [
+                ("always", ALWAYS_COLOUR, f"{label_name}: in every plausible segmentation", False),
+                ("possibly", POSSIBLY_COLOUR, f"{label_name}: in some plausible segmentation", False),
+                ("member", "#808080", "the segmentation the coefficients choose (label colours)", False),
+                ("direction", "#c41c7d", "direction u1 of the structure: magenta −, green +", False),
+            ]
+        )
         regions = the_set.regions()
         for kind, masks, colour in (
             ("always", regions.always, ALWAYS_COLOUR),
             ("possibly", regions.possibly, POSSIBLY_COLOUR),
         ):
-            self.layers.show(
+            self.show_layer(
                 f"consign:{kind}",
                 "labels",
                 masks[label].cpu().numpy().astype(np.uint8),
-                name=f"CONSIGN {kind} {label_name} (image {index})",
+                name=f"CONSIGN {kind} · {label_name} · {levels} (image {index})",
                 metadata={"napari_conformal": {**prov, "region": kind, "label": label}},
                 scale=spacing,
                 contour=True,
                 colour=colour,
                 opacity=1.0,
+                editable=False,
             )
         if dirty & {"all", "image", "prepared", "label", "session"} or self.layers.get("consign:u1") is None:
             self._draw_directions(the_set, label, label_name, prov, index)
         if self._members_requested and (self.live_members.isChecked() or "members" in dirty):
             n, seed = int(self.n_spin.value()), int(self.seed_spin.value())
-            self.layers.show(
+            self.show_layer(
                 "consign:members",
                 "labels",
                 the_set.sample(n, seed),
-                name=f"CONSIGN members (image {index})",
+                name=f"CONSIGN {n} members · {levels} (image {index})",
                 metadata={"napari_conformal": {**prov, "n_members": n, "seed": seed}},
                 scale=(1.0, *spacing),
                 opacity=0.5,
+                editable=False,
             )
         self.status.setText(self._describe(session, lam, lo, hi))
 
@@ -324,11 +343,11 @@ class ConsignExplorer(ExplorerBase):
         for j in range(k):
             data = np.ascontiguousarray(maps[j, label], dtype=np.float32)
             bound = float(np.abs(data).max()) or 1.0
-            self.layers.show(
+            self.show_layer(
                 f"consign:u{j + 1}",
                 "image",
                 data,
-                name=f"CONSIGN u{j + 1} ({label_name}, image {index})",
+                name=f"CONSIGN direction u{j + 1} · {label_name} (image {index})",
                 metadata={"napari_conformal": {**prov, "direction": j + 1, "label": label}},
                 scale=self.workspace.store.spacing,
                 colormap=_direction_colormap(),
@@ -345,8 +364,8 @@ class ConsignExplorer(ExplorerBase):
         ws = self.workspace
         widths = ", ".join(f"{h - l:.3g}" for l, h in zip(lo, hi, strict=True))
         return (
-            f"{title(self.method_name)}: λ̂ = {lam:.4g} (n = {session.n}, α = {ws.alpha:.3g}, ν = {ws.nu:.3g}); "
-            f"K = {lo.size}; box widths {widths}"
+            f"{title(self.method_name)}: calibrated box scale λ = {lam:.4g} (n = {session.n}, α = {ws.alpha:.3g}, "
+            f"ν = {ws.nu:.3g}); K = {lo.size}; box widths {widths}"
         )
 
     def export_keys(self) -> list[str]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QPushButton, QSpinBox
 
-from napari_conformal._widgets._controls import LevelSliders
+from napari_conformal._widgets._controls import Legend, LevelSliders
 from napari_conformal._widgets._display import title
 from napari_conformal._widgets._explorer import ExplorerBase
 from napari_conformal.errors import ConformalError
@@ -41,6 +41,8 @@ class PixelwiseView(ExplorerBase):
     napari_viewer : napari.Viewer
         Injected by napari.
     """
+
+    owner = "pixelwise-view"
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer)
@@ -72,6 +74,8 @@ class PixelwiseView(ExplorerBase):
         form.addRow("Method", self.method_combo)
         layout.addLayout(form)
         layout.addWidget(self.levels)
+        self.legend = Legend()
+        layout.addWidget(self.legend)
         members = QFormLayout()
         members.addRow("Members N", self.n_spin)
         members.addRow("Seed", self.seed_spin)
@@ -145,11 +149,20 @@ class PixelwiseView(ExplorerBase):
         sizes = session.method.set_size_map(prepared, lam).astype(np.min_scalar_type(n_labels))
         spacing = ws.store.spacing
         meta = {"napari_conformal": session.provenance(alpha=ws.alpha, nu=ws.nu, lambda_hat=lam, index=index)}
-        self.layers.show(
+        levels = f"α={ws.alpha:.3g} ν={ws.nu:.3g}"
+        self.show_guarantee(session.method, ws.alpha, ws.nu, lam)
+        self.legend.set_entries(
+            [
+                ("size1", "#000004", "one label possible: the pixel is certain (transparent)", False),
+                ("sizeL", "#fcffa4", f"{n_labels} labels possible: the most uncertain (inferno, additive)", False),
+                ("members", "#808080", "sampled members (label colours, on a sample axis)", False),
+            ]
+        )
+        self.show_layer(
             f"size:{name}",
             "image",
             sizes,
-            name=f"{title(name)} set size (image {index})",
+            name=f"{title(name)} set size · {levels} (image {index})",
             metadata=meta,
             scale=spacing,
             colormap="inferno",  # size 1 is black: with additive blending only uncertain pixels glow
@@ -158,8 +171,8 @@ class PixelwiseView(ExplorerBase):
             blending="additive",
         )
         text = (
-            f"{title(name)}: λ̂ = {lam:.4g} (n = {session.n}, α = {ws.alpha:.3g}, ν = {ws.nu:.3g}). "
-            f"{session.method.guarantee(ws.alpha, ws.nu)} "
+            f"{title(name)}: calibrated score threshold λ = {lam:.4g} (n = {session.n}, α = {ws.alpha:.3g}, "
+            f"ν = {ws.nu:.3g}); "
             f"mean set size {float(sizes.mean()):.3g} of {n_labels} labels; "
             f"log10 #segmentations = {float(np.log10(sizes).sum()):.4g}"
         )
@@ -171,14 +184,15 @@ class PixelwiseView(ExplorerBase):
                     alpha=ws.alpha, nu=ws.nu, lambda_hat=lam, index=index, n_members=n, seed=seed
                 )
             }
-            self.layers.show(
+            self.show_layer(
                 f"members:{name}",
                 "labels",
                 members,
-                name=f"{title(name)} members (image {index})",
+                name=f"{title(name)} {n} members · {levels} (image {index})",
                 metadata=member_meta,
                 scale=(1.0, *spacing),
                 opacity=0.5,
+                editable=False,
             )
         self.status.setText(text)
 

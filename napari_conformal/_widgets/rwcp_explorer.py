@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QPushButton
+from qtpy.QtWidgets import QFormLayout, QPushButton
 
-from napari_conformal._widgets._controls import LevelSliders
+from napari_conformal._widgets._controls import Legend, LevelSliders, connect_until_destroyed
 from napari_conformal._widgets._display import colour, title
 from napari_conformal._widgets._explorer import ExplorerBase
 from napari_conformal.errors import ConformalError
@@ -51,6 +51,8 @@ class RWCPExplorer(ExplorerBase):
         Injected by napari.
     """
 
+    owner = "rwcp-explorer"
+
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer)
         self.method_name = _primary()
@@ -70,16 +72,10 @@ class RWCPExplorer(ExplorerBase):
         form = QFormLayout()
         form.addRow("Step t", self.step_slider)
         layout.addLayout(form)
-        self.compare = {}
-        row = QHBoxLayout()
-        for name in self.companions:
-            box = QCheckBox(f"{title(name)} contour")
-            box.setChecked(True)
-            box.setToolTip(f"draw the {title(name)} set calibrated on the same images at the same α")
-            box.toggled.connect(lambda *_: self.request_redraw("companions"))
-            self.compare[name] = box
-            row.addWidget(box)
-        layout.addLayout(row)
+        self.legend = Legend()
+        self.legend.toggled.connect(lambda *_: self.request_redraw("companions"))
+        layout.addWidget(self.legend)
+        connect_until_destroyed(self, self.workspace.toggle_companions, self.toggle_companions)
         self.calibrate_button = QPushButton(f"Calibrate {title(self.method_name)} on this split")
         self.calibrate_button.setToolTip(
             "calibrate RW-CP on the calibration images of the last calibration (features, graph, walk)"
@@ -130,9 +126,10 @@ class RWCPExplorer(ExplorerBase):
                     step_layer.metadata = self._step_metadata(session, index, int(self.step_slider.value()))
                 if dirty != {"step"}:
                     messages.append(self._draw_set(self.method_name, prepared, index))
+        self._fill_legend()
         if dirty != {"step"}:
             for name in self.companions:
-                if not self.compare[name].isChecked():
+                if not self.legend.checked(name):  # companions are off until asked for
                     self.layers.remove(f"set:{name}")
                     continue
                 if not self.ensure_companion(name):
@@ -142,6 +139,32 @@ class RWCPExplorer(ExplorerBase):
                 if prepared is not None:
                     messages.append(self._draw_set(name, prepared, index))
             self.status.setText("\n".join(m for m in messages if m))
+
+    def companion_shown(self, name: str) -> bool:
+        """Whether companion ``name`` is drawn (ticked in the legend)."""
+        return self.legend.checked(name)
+
+    def set_companion(self, name: str, shown: bool) -> None:
+        """Show or hide companion ``name`` as a user ticking its legend entry would."""
+        self._fill_legend()
+        self.legend.set_checked(name, shown)
+
+    def toggle_companions(self, *_: Any) -> None:
+        """Show every companion if any is hidden, else hide them all (the Alt-C shortcut)."""
+        if not self.isVisible():
+            return
+        self._fill_legend()
+        show = not all(self.legend.checked(n) for n in self.companions)
+        for name in self.companions:
+            self.legend.set_checked(name, show)
+
+    def _fill_legend(self) -> None:
+        entries = [
+            (self.method_name, colour(self.method_name), f"{title(self.method_name)} set (contour)", False),
+            ("step", "#b73779", "diffused foreground probability S(t) (magma: dark 0, bright 1)", False),
+        ]
+        entries += [(n, colour(n), f"{title(n)} set, calibrated on the same images", True) for n in self.companions]
+        self.legend.set_entries(entries)
 
     def _step_metadata(self, session: Any, index: int, t: int) -> dict[str, Any]:
         ws = self.workspace
@@ -160,11 +183,11 @@ class RWCPExplorer(ExplorerBase):
         ws = self.workspace
         data = prepared.extras["diffusion"].step(t)
         meta = self._step_metadata(session, index, t)
-        self.layers.show(
+        self.show_layer(
             "rwcp:step",
             "image",
             np.asarray(data, dtype=np.float32),
-            name=f"RW-CP S({t}) (image {index})",
+            name=f"RW-CP S({t}) · step {t} of {prepared.extras['diffusion'].n_step} (image {index})",
             metadata=meta,
             scale=ws.store.spacing,
             colormap="magma",
@@ -182,23 +205,27 @@ class RWCPExplorer(ExplorerBase):
             return f"{title(name)}: {' '.join(str(exc).split())}"
         mask = np.asarray(session.method.predict(prepared, lam, alpha=ws.alpha)).astype(np.uint8)
         meta = {"napari_conformal": session.provenance(alpha=ws.alpha, nu=None, lambda_hat=lam, index=index)}
-        self.layers.show(
+        fg = getattr(session.method, "fg_class", None)
+        names = ws.store.label_names
+        structure = names[fg] if fg is not None and 0 <= fg < len(names) else ""
+        if name == self.method_name:
+            self.show_guarantee(session.method, ws.alpha, None, lam)
+        self.show_layer(
             f"set:{name}",
             "labels",
             mask,
-            name=f"{title(name)} set (image {index})",
+            name=f"{title(name)} set · {structure} · α={ws.alpha:.3g} (image {index})",
             metadata=meta,
             scale=ws.store.spacing,
             contour=True,
             colour=colour(name),
             opacity=1.0,
+            editable=False,
         )
         method = session.method
         value = f"{lam:.0f}" if method.lambda_is_count else f"{lam:.4g}"
-        return (
-            f"{title(name)}: {method.lambda_name} = {value} (n = {session.n}, α = {ws.alpha:.3g}). "
-            f"{method.guarantee(ws.alpha)}"
-        )
+        text = f"{title(name)}: calibrated {method.lambda_name} = {value} (n = {session.n}, α = {ws.alpha:.3g})."
+        return text if name == self.method_name else f"{text} {method.guarantee(ws.alpha)}"
 
     def export_keys(self) -> list[str]:
         """The RW-CP, CRC and Consema sets and the S⁽ᵗ⁾ map."""

@@ -41,6 +41,11 @@ class Workspace:
         for a new α arrived); its name.
     reset()
         A new store or split was published; every session was dropped.
+    calibrating(str)
+        A calibration started (a message for the views, e.g. "calibrating CONSIGN on 40 images…") or
+        ended (an empty message).
+    toggle_companions()
+        The user asked to show or hide the companion methods (a keyboard shortcut).
     """
 
     alpha_changed = Signal(float)
@@ -48,6 +53,8 @@ class Workspace:
     image_changed = Signal(int)
     session_added = Signal(str)
     reset = Signal()
+    calibrating = Signal(str)
+    toggle_companions = Signal()
 
     def __init__(self) -> None:
         self.store: Any = None
