@@ -37,13 +37,14 @@ from napari_conformal.errors import ConformalError
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["REDRAW_INTERVAL_MS", "ExplorerBase", "tab_with_plugin_docks"]
+__all__ = ["REDRAW_INTERVAL_MS", "ExplorerBase", "raise_dock", "tab_with_plugin_docks"]
 
 #: Minimum time between two redraws while a slider is dragged (the last value is always drawn).
 REDRAW_INTERVAL_MS = 40
 
 
 PLUGIN_SUFFIX = "(napari-conformal)"
+FIRST_DOCK = "Conformal calibration"
 
 
 def _dock_of(widget: QWidget) -> Any:
@@ -72,14 +73,28 @@ def tab_with_plugin_docks(widget: QWidget) -> None:
     if window is None:
         return
     area = window.dockWidgetArea(dock)
-    for other in window.findChildren(QDockWidget):
-        if other is dock or not other.isVisible() or window.dockWidgetArea(other) != area:
-            continue
-        if PLUGIN_SUFFIX in other.windowTitle() or PLUGIN_SUFFIX in other.objectName():
-            if dock not in window.tabifiedDockWidgets(other):
-                window.tabifyDockWidget(other, dock)
-            dock.raise_()
-            return
+    siblings = [
+        other
+        for other in window.findChildren(QDockWidget)
+        if other is not dock
+        and other.isVisible()
+        and window.dockWidgetArea(other) == area
+        and (PLUGIN_SUFFIX in other.windowTitle() or PLUGIN_SUFFIX in other.objectName())
+    ]
+    if not siblings or dock in window.tabifiedDockWidgets(siblings[0]):
+        return
+    window.tabifyDockWidget(siblings[0], dock)
+    # the calibration dock (what a user does first) or the tab that was in front stays in front
+    front = next((d for d in siblings if d.windowTitle().startswith(FIRST_DOCK)), siblings[0])
+    front.raise_()
+
+
+def raise_dock(widget: QWidget) -> None:
+    """Bring the tab of the dock holding ``widget`` to the front."""
+    dock = _dock_of(widget)
+    if dock is not None:
+        dock.show()
+        dock.raise_()
 
 
 class ExplorerBase(QWidget):
@@ -120,6 +135,7 @@ class ExplorerBase(QWidget):
         self._throttled = qthrottled(self._run_redraw, timeout=self.redraw_interval_ms, leading=True)
         self.redraw_count = 0
         self._tabbed = False
+        self._front = True  # whether this dock's tab is in front (tracked by its dock's visibilityChanged)
         self.banner = GuaranteeBanner()
         connect_until_destroyed(self, self.workspace.calibrating, self._on_calibrating)
         connect_until_destroyed(self, self.workspace.alpha_changed, lambda *_: self.request_redraw("levels"))
@@ -141,6 +157,7 @@ class ExplorerBase(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         content = QWidget()
         scroll.setWidget(content)
         outer.addWidget(scroll)
@@ -173,11 +190,42 @@ class ExplorerBase(QWidget):
         super().showEvent(event)
         if not self._tabbed:
             self._tabbed = True
+            dock = _dock_of(self)
+            if dock is not None:
+                dock.visibilityChanged.connect(self._on_visibility)
             tab_with_plugin_docks(self)
-        if self.owner is not None:
-            self.layers.focus(self.owner)
-        if self._dirty:
-            self.request_redraw()
+            if dock is not None and dock.visibleRegion().isEmpty():
+                self._front = False  # tabbed behind another dock: it draws when brought forward
+        if self.in_front:
+            self._on_visibility(True)
+
+    def _on_visibility(self, visible: bool) -> None:
+        """The dock's tab came to the front (take the focus, draw what changed) or went behind."""
+        self._front = bool(visible)
+        if not visible:
+            return
+        try:
+            if self.owner is not None:
+                self.layers.focus(self.owner)
+            if self._dirty:
+                self.request_redraw()
+        except RuntimeError:  # the widget is gone
+            pass
+
+    @property
+    def in_front(self) -> bool:
+        """Whether the dock is shown and its tab is in front (only then does it redraw)."""
+        return self.isVisible() and self._front
+
+    @classmethod
+    def handles(cls, method: str) -> bool:
+        """Whether this explorer shows ``method`` (from the layers the method draws)."""
+        from napari_conformal.core.methods.base import method_class
+
+        return bool(cls.draws) and any(kind in method_class(method).layers for kind in cls.draws)
+
+    #: layer kinds that make a method this explorer's (see :meth:`handles`)
+    draws: tuple[str, ...] = ()
 
     def export_button(self) -> QPushButton:
         """A button that exports this explorer's layers and calibrations to a chosen folder."""
@@ -203,7 +251,7 @@ class ExplorerBase(QWidget):
     @property
     def idle(self) -> bool:
         """Whether no background work is running and no redraw is pending (a hidden tab waits to be shown)."""
-        return not self._workers and (not self._dirty or not self.isVisible())
+        return not self._workers and (not self._dirty or not self.in_front)
 
     def settled(self) -> bool:
         """Run a pending redraw, then say whether the explorer is :attr:`idle` (for wait loops)."""
@@ -211,7 +259,7 @@ class ExplorerBase(QWidget):
         return self.idle
 
     def _run_redraw(self) -> None:
-        if not self.isVisible():  # a tab behind another: draw when it comes to the front (showEvent)
+        if not self.in_front:  # a tab behind another: draw when it comes to the front
             return
         dirty, self._dirty = self._dirty, set()
         try:

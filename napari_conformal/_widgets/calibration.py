@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -205,6 +206,7 @@ class CalibrationWidget(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         content = QWidget()
         scroll.setWidget(content)
         outer.addWidget(scroll)
@@ -453,6 +455,7 @@ class CalibrationWidget(QWidget):
         workspace = context_for(self.viewer).workspace
         session = workspace.publish(store, calibration, test)
         n_test = len(workspace.test_indices)
+        self._raise_explorer(calibration.method)
         self.status.setText(
             f"{method.title}: calibrated {method.lambda_name} = {calibration.lambda_hat:.5g} from n = {calibration.n} images "
             f"({levels}); {n_test} test images. {calibration.guarantee()}"
@@ -513,12 +516,19 @@ class CalibrationWidget(QWidget):
 
     def _raise_dock(self) -> None:
         """Bring this dock's tab to the front while it works."""
-        from napari_conformal._widgets._explorer import _dock_of
+        from napari_conformal._widgets._explorer import raise_dock
 
-        dock = _dock_of(self)
-        if dock is not None:
-            dock.show()
-            dock.raise_()
+        raise_dock(self)
+
+    def _raise_explorer(self, method: str) -> None:
+        """Bring the explorer that shows ``method`` to the front (when it is docked in this viewer)."""
+        from napari_conformal._widgets._explorer import ExplorerBase, raise_dock
+
+        window = getattr(self.viewer, "window", None)
+        for widget in list(getattr(window, "dock_widgets", {}).values()) if window is not None else []:
+            if isinstance(widget, ExplorerBase) and widget.handles(method):
+                raise_dock(widget)
+                return
 
     def showEvent(self, event: Any) -> None:
         """First shown: tab with the plugin's other docks."""

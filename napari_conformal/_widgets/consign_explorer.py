@@ -73,6 +73,7 @@ class ConsignExplorer(ExplorerBase):
     """
 
     owner = "consign-explorer"
+    draws = ("directions",)
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         from napari_conformal.core.methods.base import methods_drawing

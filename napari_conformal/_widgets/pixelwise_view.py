@@ -43,6 +43,7 @@ class PixelwiseView(ExplorerBase):
     """
 
     owner = "pixelwise-view"
+    draws = ("set_size",)
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer)

@@ -52,6 +52,7 @@ class RWCPExplorer(ExplorerBase):
     """
 
     owner = "rwcp-explorer"
+    draws = ("diffusion", "contour")
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer)
@@ -151,7 +152,7 @@ class RWCPExplorer(ExplorerBase):
 
     def toggle_companions(self, *_: Any) -> None:
         """Show every companion if any is hidden, else hide them all (the Alt-C shortcut)."""
-        if not self.isVisible():
+        if not self.in_front:
             return
         self._fill_legend()
         show = not all(self.legend.checked(n) for n in self.companions)
