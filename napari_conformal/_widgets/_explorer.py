@@ -44,6 +44,8 @@ REDRAW_INTERVAL_MS = 40
 
 
 PLUGIN_SUFFIX = "(napari-conformal)"
+#: the docks' minimum width (px): legends and sliders stay readable, the window still fits 1600 px
+MIN_WIDTH = 380
 FIRST_DOCK = "Conformal calibration"
 
 
@@ -120,6 +122,7 @@ class ExplorerBase(QWidget):
         from superqt.utils import qthrottled
 
         self.viewer = napari_viewer
+        self.setMinimumWidth(MIN_WIDTH)  # wide enough for sliders and legends without clipping
         self.context = context_for(napari_viewer)
         self.workspace = self.context.workspace
         self.layers = self.context.layers
@@ -157,7 +160,7 @@ class ExplorerBase(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         content = QWidget()
         scroll.setWidget(content)
         outer.addWidget(scroll)
@@ -179,8 +182,8 @@ class ExplorerBase(QWidget):
         self.banner.show_guarantee(method.guarantee(alpha, nu), method.lambda_note(lam, alpha=alpha, nu=nu))
 
     def _on_calibrating(self, message: str) -> None:
-        if message:
-            self.banner.setText(message)
+        # while a calibration runs the banner says so; after, the next redraw states the guarantee again
+        self.banner.setText(message)
         self.request_redraw("session")
 
     # -- focus and placement ----------------------------------------------------------------------

@@ -119,9 +119,16 @@ class ResultLayers:
             elif key not in self._parked:
                 self._parked[key] = bool(layer.visible)
                 layer.visible = False
-        for layer in mine:  # keep their relative order, above everything else
-            index = viewer.layers.index(layer)
-            viewer.layers.move(index, len(viewer.layers))
+        self._raise(mine)
+
+    def _raise(self, layers: list[Any]) -> None:
+        """Move ``layers`` above every other layer: maps (images) first, then sets (labels) on top."""
+        viewer = self.viewer
+        if viewer is None:
+            return
+        ordered = sorted(layers, key=lambda layer: (layer_kind(layer) == "labels", viewer.layers.index(layer)))
+        for layer in ordered:
+            viewer.layers.move(viewer.layers.index(layer), len(viewer.layers))
 
     def show(
         self,
@@ -188,6 +195,8 @@ class ResultLayers:
             self._colours.pop(key, None)
             if owner is not None:
                 self._owners[key] = owner
+                if kind == "image":  # a new map goes under the owner's sets, so contours stay readable
+                    self._raise([lay for k, lay in self.items() if self._owners.get(k) == owner])
             if kind == "labels" and not editable:
                 layer.mode = "pan_zoom"
                 layer.editable = False

@@ -116,9 +116,11 @@ class CalibrationWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
+        from napari_conformal._widgets._explorer import MIN_WIDTH
         from napari_conformal.core.methods.base import available_methods, method_class
 
         self.viewer = napari_viewer
+        self.setMinimumWidth(MIN_WIDTH)
         self.worker: Any = None
         self.calibration: Any = None
         self._progress: Any = None
@@ -206,7 +208,7 @@ class CalibrationWidget(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         content = QWidget()
         scroll.setWidget(content)
         outer.addWidget(scroll)

@@ -111,7 +111,7 @@ class ConsignExplorer(ExplorerBase):
         self.draw_button = QPushButton("Draw members")
         self.draw_button.setToolTip("draw N members with coefficients uniform in the box")
         self.draw_button.clicked.connect(self.draw_members)
-        self.live_members = QCheckBox("redraw when α, ν move")
+        self.live_members = QCheckBox("follow α, ν")
         self.live_members.setChecked(True)
         members = QFormLayout()
         members.addRow("Members N", self.n_spin)
@@ -301,8 +301,8 @@ class ConsignExplorer(ExplorerBase):
             [
                 ("always", ALWAYS_COLOUR, f"{label_name}: in every plausible segmentation", False),
                 ("possibly", POSSIBLY_COLOUR, f"{label_name}: in some plausible segmentation", False),
-                ("member", "#808080", "the segmentation the coefficients choose (label colours)", False),
-                ("direction", "#c41c7d", "direction u1 of the structure: magenta −, green +", False),
+                ("member", "#808080", "the member the sliders choose (label colours)", False),
+                ("direction", "#c41c7d", "direction u1: magenta −, green +", False),
             ]
         )
         regions = the_set.regions()

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ALPHA_GRID", "MetricsPanel", "apply_napari_theme", "parse_n_values"]
 
+#: the plots, in reading order
+PLOTS = ("lambda", "coverage", "covered", "image", "distance", "chao1", "sec")
+#: height of one plot (inches at the figure's dpi)
+PLOT_HEIGHT_IN = 2.4
 #: α values of the λ̂ and coverage curves.
 ALPHA_GRID = np.round(np.linspace(0.02, 0.5, 25), 6)
 #: Default numbers of sampled members for Chao1 / SEC / correlation.
@@ -109,13 +113,13 @@ class MetricsPanel(ExplorerBase):
         from matplotlib.figure import Figure
 
         layout = self.base_layout()
-        self.figure = Figure(figsize=(9.0, 5.6))
-        self.figure.subplots_adjust(left=0.07, right=0.93, bottom=0.09, top=0.94, wspace=0.42, hspace=0.55)
+        self.figure = Figure(figsize=(4.0, 12.0))
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumSize(480, 320)
-        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        names = ("lambda", "coverage", "image", "distance", "chao1", "sec")
-        self.axes = dict(zip(names, self.figure.subplots(2, 3).ravel(), strict=True))
+        self.canvas.setMinimumWidth(260)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.axes: dict[str, Any] = {}
+        self.columns = 0
+        self._layout_axes(1)
         self._twin: Any = None
         self.n_edit = QLineEdit(", ".join(str(n) for n in DEFAULT_N_VALUES))
         self.n_edit.setToolTip("numbers N of sampled members for Chao1 / SEC / correlation")
@@ -135,7 +139,7 @@ class MetricsPanel(ExplorerBase):
         row.addWidget(self.evaluate_button)
         row.addWidget(self.live_test)
         layout.addLayout(row)
-        layout.addWidget(self.canvas, 1)
+        layout.addWidget(self.canvas)
         self.test_label = QLabel("Test set: not evaluated.")
         self.test_label.setWordWrap(True)
         layout.addWidget(self.test_label)
@@ -159,6 +163,44 @@ class MetricsPanel(ExplorerBase):
         napari_viewer.events.theme.connect(self._theme_changed)
         self.destroyed.connect(lambda *_: _disconnect_theme(napari_viewer, self))
         self.request_redraw("all")
+
+    # -- layout ------------------------------------------------------------------------------
+
+    def _layout_axes(self, columns: int) -> None:
+        """One plot a row when the dock is narrow, two or three side by side when it is wide."""
+        if columns == self.columns:
+            return
+        self.columns = columns
+        self.figure.clear()
+        rows = -(-len(PLOTS) // columns)
+        self.figure.set_size_inches(self.figure.get_figwidth(), rows * PLOT_HEIGHT_IN)
+        grid = self.figure.add_gridspec(
+            rows,
+            columns,
+            hspace=0.9,
+            wspace=0.45,
+            left=0.16 if columns == 1 else 0.09,
+            right=0.96,
+            top=1 - 0.55 / (rows * PLOT_HEIGHT_IN),
+            bottom=0.5 / (rows * PLOT_HEIGHT_IN),
+        )
+        self.axes = {
+            name: self.figure.add_subplot(grid[j // columns, j % columns]) for j, name in enumerate(PLOTS)
+        }
+        self._twin = None
+        self.canvas.setFixedHeight(int(rows * PLOT_HEIGHT_IN * self.figure.dpi))
+        self._drawn_signature = None
+
+    def resizeEvent(self, event: Any) -> None:
+        """Re-flow the plots for the new width (one column below 700 px)."""
+        super().resizeEvent(event)
+        width = self.canvas.width() or self.width()
+        columns = 1 if width < 700 else (2 if width < 1100 else 3)
+        if columns != self.columns:
+            self._layout_axes(columns)
+            if hasattr(self, "colours"):
+                self.colours = apply_napari_theme(self.figure, self.axes.values(), self.viewer.theme)
+            self.request_redraw("layout")
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -365,6 +407,20 @@ class MetricsPanel(ExplorerBase):
         data = self.plot_data
         ws = self.workspace
         alpha = ws.alpha
+        small = {"fontsize": 8}
+
+        def note(ax: Any, text: str) -> None:
+            ax.text(
+                0.5,
+                0.5,
+                text,
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color=c["text"],
+                fontsize=7,
+                wrap=True,
+            )
 
         ax = self.axes["lambda"]
         for name, (x, y) in data.get("lambda", {}).items():
@@ -372,73 +428,60 @@ class MetricsPanel(ExplorerBase):
                 if self._twin is None:
                     self._twin = ax.twinx()
                     apply_napari_theme(self.figure, [self._twin], self.viewer.theme)
-                    self._twin.set_ylabel("q̂ (dilations)", fontsize=7)
-                self._twin.step(x, y, where="post", color=colour(name), label=title(name), lw=1.2)
+                    self._twin.set_ylabel("dilations (Consema)", **small)
+                self._twin.step(x, y, where="post", color=colour(name), lw=1.2, label=title(name))
             else:
-                ax.plot(x, y, color=colour(name), label=title(name), lw=1.2, marker="o", ms=2)
+                ax.plot(x, y, color=colour(name), lw=1.2, marker="o", ms=2, label=title(name))
         ax.axvline(alpha, color=c["accent"], lw=1, ls="--")
-        ax.set_title("λ̂ against α", fontsize=8)
-        ax.set_xlabel("α", fontsize=7)
-        ax.set_ylabel("λ̂", fontsize=7)
+        ax.set_title(r"calibrated $\hat\lambda$ against $\alpha$", **small)
+        ax.set_xlabel(r"risk level $\alpha$", **small)
+        ax.set_ylabel(r"$\hat\lambda$ (method's units)", **small)
 
-        ax = self.axes["coverage"]
-        ax.plot([0.5, 1.0], [0.5, 1.0], color=c["grid"], lw=1, ls=":", label="1 − α")
-        for name, (x, y) in data.get("coverage", {}).items():
-            ax.plot(x, y, color=colour(name), label=title(name), lw=1.2, marker="o", ms=2)
-        ax.axvline(1 - alpha, color=c["accent"], lw=1, ls="--")
-        ax.set_title("test coverage against 1 − α", fontsize=8)
-        ax.set_xlabel("1 − α", fontsize=7)
-        if not data.get("coverage"):
-            ax.text(
-                0.5,
-                0.5,
-                "press “Evaluate test set”",
-                ha="center",
-                va="center",
-                transform=ax.transAxes,
-                color=c["text"],
-                fontsize=7,
-            )
+        risk = {n: xy for n, xy in data.get("coverage", {}).items() if self._risk(n) == "fnr"}
+        sets = {n: xy for n, xy in data.get("coverage", {}).items() if self._risk(n) != "fnr"}
+        for key, series, heading, ylabel in (
+            ("coverage", risk, "structure covered on the test set", "mean 1 − FNR"),
+            ("covered", sets, "test images covered", "fraction of images covered"),
+        ):
+            ax = self.axes[key]
+            ax.plot([0.5, 1.0], [0.5, 1.0], color=c["grid"], lw=1, ls=":")
+            for name, (x, y) in series.items():
+                ax.plot(x, y, color=colour(name), lw=1.2, marker="o", ms=2, label=title(name))
+            ax.axvline(1 - alpha, color=c["accent"], lw=1, ls="--")
+            ax.set_title(f"{heading} (dotted: the target 1 − α)", **small)
+            ax.set_xlabel(r"$1-\alpha$", **small)
+            ax.set_ylabel(ylabel, **small)
+            if not series:
+                note(
+                    ax, "press “Evaluate test set”" if not data.get("coverage") else "no method of this kind"
+                )
 
         image = data.get("image", {})
         shown = "selected image" if ws.index is None else f"image {ws.index}"
         test = data.get("test", {})
         self._bars(
-            self.axes["image"], image, test, _IMAGE_KEYS, f"{shown} at α = {alpha:.3g} (◆ test-set mean)"
+            self.axes["image"], image, test, _IMAGE_KEYS, f"{shown} at α = {alpha:.3g} (◆ test mean)", "value"
         )
-        self._bars(
-            self.axes["distance"], image, test, _DISTANCE_KEYS, f"{shown}: distances (mm) (◆ test mean)"
-        )
+        self._bars(self.axes["distance"], image, test, _DISTANCE_KEYS, f"{shown}: surface distances", "mm")
 
         ax = self.axes["chao1"]
         for name, metrics in image.items():
             if isinstance(metrics.get("chao1"), dict) and metrics["chao1"]:
                 ns = sorted(int(k) for k in metrics["chao1"])
                 ax.plot(
-                    ns,
-                    [metrics["chao1"][str(n)] for n in ns],
-                    marker="o",
-                    ms=3,
-                    color=colour(name),
-                    label=title(name),
-                    lw=1.2,
+                    ns, [metrics["chao1"][str(n)] for n in ns], marker="o", ms=3, color=colour(name), lw=1.2
                 )
-        ax.set_title(f"Chao1 against N ({shown})", fontsize=8)
-        ax.set_xlabel("N", fontsize=7)
+        ax.set_title(f"distinct members (Chao1), {shown}", **small)
+        ax.set_xlabel("members sampled N", **small)
+        ax.set_ylabel("Chao1", **small)
+        if not ax.lines:
+            note(ax, "CONSIGN and pixel-wise sets only")
 
         ax = self.axes["sec"]
-        for name, mean in data.get("test", {}).items():
+        for name, mean in test.items():
             if isinstance(mean.get("sec"), dict) and mean["sec"]:
                 ns = sorted(int(k) for k in mean["sec"])
-                ax.plot(
-                    ns,
-                    [mean["sec"][str(n)] for n in ns],
-                    marker="o",
-                    ms=3,
-                    color=colour(name),
-                    label=f"SEC {title(name)}",
-                    lw=1.2,
-                )
+                ax.plot(ns, [mean["sec"][str(n)] for n in ns], marker="o", ms=3, color=colour(name), lw=1.2)
         for name, metrics in image.items():
             if isinstance(metrics.get("correlation"), dict) and metrics["correlation"]:
                 ns = sorted(int(k) for k in metrics["correlation"])
@@ -449,20 +492,42 @@ class MetricsPanel(ExplorerBase):
                     marker="s",
                     ms=3,
                     color=colour(name),
-                    label=f"corr. {title(name)}",
                     lw=1,
                 )
-        ax.set_title("SEC (test set), correlation (image)", fontsize=8)
-        ax.set_xlabel("N", fontsize=7)
+        ax.set_title("SEC, test set (solid); correlation, image (dashed)", **small)
+        ax.set_xlabel("members sampled N", **small)
+        ax.set_ylabel("SEC / correlation", **small)
+        if not ax.lines:
+            note(ax, "CONSIGN and pixel-wise sets only")
+
+        from matplotlib.lines import Line2D
+        from matplotlib.ticker import MaxNLocator
 
         for ax in self.axes.values():
-            if ax.get_legend_handles_labels()[0]:
-                legend = ax.legend(fontsize=6, frameon=False)
-                for text in legend.get_texts():
-                    text.set_color(c["text"])
+            ax.xaxis.set_major_locator(MaxNLocator(5))
+            ax.yaxis.set_major_locator(MaxNLocator(5))
+        names = sorted(ws.sessions)
+        handles = [Line2D([], [], color=colour(n), lw=3) for n in names]
+        for old in list(self.figure.legends):
+            old.remove()
+        if handles:  # one legend for the whole figure, above the plots: a colour is a method everywhere
+            legend = self.figure.legend(
+                handles,
+                [title(n) for n in names],
+                loc="upper center",
+                ncol=min(3, len(names)),
+                fontsize=7,
+                frameon=False,
+            )
+            for text in legend.get_texts():
+                text.set_color(c["text"])
         apply_napari_theme(self.figure, self.axes.values(), self.viewer.theme)
         self.canvas.draw_idle()
         self.draw_count += 1
+
+    def _risk(self, name: str) -> str:
+        session = self.workspace.session(name)
+        return "" if session is None else session.method.risk
 
     def _bars(
         self,
@@ -471,6 +536,7 @@ class MetricsPanel(ExplorerBase):
         test: dict[str, dict[str, Any]],
         keys: tuple[str, ...],
         heading: str,
+        ylabel: str,
     ) -> None:
         """Bars of the selected image per method and metric; diamonds at the test-set means."""
         sources = [*results.values(), *test.values()]
@@ -481,6 +547,7 @@ class MetricsPanel(ExplorerBase):
             if any(_finite({**test.get(n, {}), **results.get(n, {})}.get(k)) for k in present)
         ]
         ax.set_title(heading, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
         if not present or not names:
             return
         width = 0.8 / len(names)
@@ -489,7 +556,7 @@ class MetricsPanel(ExplorerBase):
             pos = x + (j - (len(names) - 1) / 2) * width
             row = results.get(name, {})
             values = [float(row[k]) if _finite(row.get(k)) else 0.0 for k in present]
-            ax.bar(pos, values, width, color=colour(name), label=title(name))
+            ax.bar(pos, values, width, color=colour(name))
             means = test.get(name, {})
             marks = [(p, float(means[k])) for p, k in zip(pos, present, strict=True) if _finite(means.get(k))]
             if marks:

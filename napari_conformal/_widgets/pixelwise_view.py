@@ -66,7 +66,7 @@ class PixelwiseView(ExplorerBase):
         self.draw_button = QPushButton("Draw members")
         self.draw_button.setToolTip("draw N members of the set onto a labels layer with a sample axis")
         self.draw_button.clicked.connect(self.draw_members)
-        self.live_members = QCheckBox("redraw members when α, ν move")
+        self.live_members = QCheckBox("follow α, ν")
         self.live_members.setChecked(True)
         self.n_spin.valueChanged.connect(lambda *_: self._members_changed())
         self.seed_spin.valueChanged.connect(lambda *_: self._members_changed())
@@ -154,9 +154,10 @@ class PixelwiseView(ExplorerBase):
         self.show_guarantee(session.method, ws.alpha, ws.nu, lam)
         self.legend.set_entries(
             [
-                ("size1", "#000004", "one label possible: the pixel is certain (transparent)", False),
-                ("sizeL", "#fcffa4", f"{n_labels} labels possible: the most uncertain (inferno, additive)", False),
-                ("members", "#808080", "sampled members (label colours, on a sample axis)", False),
+                ("size1", "#000004", "1 label possible: certain (shows the image)", False),
+                ("size2", "#b73779", "2 labels possible", False),
+                ("sizeL", "#fcffa4", f"{n_labels} labels possible: most uncertain", False),
+                ("members", "#808080", "sampled members (label colours)", False),
             ]
         )
         self.show_layer(

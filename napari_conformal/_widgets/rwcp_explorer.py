@@ -141,6 +141,12 @@ class RWCPExplorer(ExplorerBase):
                     messages.append(self._draw_set(name, prepared, index))
             self.status.setText("\n".join(m for m in messages if m))
 
+    def _on_session_added(self, name: str) -> None:
+        if name in self.companions and name == self.workspace.primary:  # a published CRC/Consema is shown
+            self._fill_legend()
+            self.legend.set_checked(name, True)
+        super()._on_session_added(name)
+
     def companion_shown(self, name: str) -> bool:
         """Whether companion ``name`` is drawn (ticked in the legend)."""
         return self.legend.checked(name)
@@ -162,9 +168,9 @@ class RWCPExplorer(ExplorerBase):
     def _fill_legend(self) -> None:
         entries = [
             (self.method_name, colour(self.method_name), f"{title(self.method_name)} set (contour)", False),
-            ("step", "#b73779", "diffused foreground probability S(t) (magma: dark 0, bright 1)", False),
+            ("step", "#b73779", "diffused probability S(t): dark 0, bright 1", False),
         ]
-        entries += [(n, colour(n), f"{title(n)} set, calibrated on the same images", True) for n in self.companions]
+        entries += [(n, colour(n), f"{title(n)} set (same calibration images)", True) for n in self.companions]
         self.legend.set_entries(entries)
 
     def _step_metadata(self, session: Any, index: int, t: int) -> dict[str, Any]:
