@@ -62,7 +62,9 @@ class ViewerContext:
     def ensure_image(self, index: int) -> Any:
         """The shared ``image`` layer, showing image ``index`` (updated only when it shows another)."""
         layer = self.layers.get("image")
-        if layer is None or (layer.metadata.get("napari_conformal") or {}).get("image_index") != index:
+        prov = (layer.metadata.get("napari_conformal") or {}) if layer is not None else {}
+        shown = (prov.get("image_index"), (prov.get("store") or {}).get("identity"))
+        if shown != (index, self.workspace.store_identity):  # another image, or the same index of a new store
             layer = self.show_image(index)
         return layer
 

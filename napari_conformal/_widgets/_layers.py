@@ -21,6 +21,18 @@ def set_colormap(layer: Any, colour: str) -> None:
     layer.colormap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: colour})
 
 
+def iso_level(contrast_limits: tuple[float, float]) -> float:
+    """The level of a map's 3D surface: the middle of its contrast range.
+
+    A signed map (a direction, limits ``(-b, b)``) would have its middle at 0, where every voxel
+    of noise crosses; it is drawn at ``b / 2``, the voxels the direction pushes strongly.
+    """
+    lo, hi = (float(v) for v in contrast_limits)
+    if lo < 0.0 < hi:
+        return 0.5 * hi
+    return lo + 0.5 * (hi - lo)
+
+
 def layer_kind(layer: Any) -> str:
     """``"labels"`` or ``"image"`` (the two layer types the plugin makes), else the class name."""
     from napari.layers import Image, Labels
@@ -88,8 +100,7 @@ class ResultLayers:
                 # maps over a volume: a surface at their mid level in 3D, not a bright block of maxima
                 layer.rendering = "iso" if three_d else "mip"
                 if three_d:
-                    lo, hi = layer.contrast_limits
-                    layer.iso_threshold = lo + 0.5 * (hi - lo)
+                    layer.iso_threshold = iso_level(layer.contrast_limits)
             elif key == "image":
                 layer.rendering = "attenuated_mip" if three_d else "mip"
 
@@ -203,6 +214,7 @@ class ResultLayers:
                 self._readonly.add(key)
             if kind == "image" and key != "image" and self._contour_value() == 0:
                 layer.rendering = "iso"
+                layer.iso_threshold = iso_level(layer.contrast_limits)
         else:
             reset = kind == "image" and (
                 layer.data.shape != data.shape or kwargs.get("contrast_limits") is None
@@ -228,6 +240,8 @@ class ResultLayers:
                     layer.contrast_limits = kwargs["contrast_limits"]
                 elif reset:
                     layer.reset_contrast_limits()
+                if key != "image" and self._contour_value() == 0:
+                    layer.iso_threshold = iso_level(layer.contrast_limits)
             if layer.name != name:
                 layer.name = name
         if kind == "labels" and colour is not None and self._colours.get(key) != colour:

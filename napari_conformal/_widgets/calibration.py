@@ -439,7 +439,7 @@ class CalibrationWidget(QWidget):
         elapsed = time.monotonic() - self._started
         what = "images read and prepared" if stage == "images" else f"{stage} (calibration search)"
         left = ""
-        if stage == "images" and 0 < done < total and elapsed > 1.0:
+        if stage == "images" and 0 < done < total:
             left = f" · about {elapsed * (total - done) / done:.0f} s left"
         self.progress_label.setText(f"{what}: {done} / {total}{left}")
 

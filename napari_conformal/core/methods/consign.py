@@ -340,7 +340,10 @@ class ConsignMethod(ConformalMethod[ImageBasis, ConsignCurve, ConsignSet]):
     def lambda_note(self, lambda_hat: float, *, alpha: float, nu: float | None = None) -> str | None:
         """At λ̂ = 0 the box is one point: the set is one segmentation."""
         if float(lambda_hat) == 0.0:
-            return "at this α the set is one segmentation: the box is a single point (the model's mean)"
+            return (
+                "at this α the set is the model's own segmentation (the mean of its samples): "
+                "the box is a single point"
+            )
         return None
 
     def check_data(self, *, n_labels: int, n_samples: int, ndim: int) -> None:
