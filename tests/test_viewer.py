@@ -56,7 +56,10 @@ def _bring_forward(qtbot, widget) -> None:
     from napari_conformal._widgets._explorer import raise_dock
 
     raise_dock(widget)
-    qtbot.waitUntil(lambda: getattr(widget, "in_front", True) and not _dock(widget).visibleRegion().isEmpty(), timeout=5_000)
+    qtbot.waitUntil(
+        lambda: getattr(widget, "in_front", True) and not _dock(widget).visibleRegion().isEmpty(),
+        timeout=5_000,
+    )
 
 
 def _settle(qtbot, widgets, timeout=120_000) -> None:
@@ -105,7 +108,7 @@ def test_one_method_in_focus_each_explorer_on_top_and_others_hidden(docks, qtbot
     assert own and all(layer.visible for layer in own if "direction" not in layer.name)
     # nothing of RW-CP drawn over CONSIGN's set while CONSIGN is in front
     assert all(not layer.visible for key, layer in layers.items() if layers.owner(key) == rwcp.owner)
-    top = list(viewer.layers)[-len(own):]
+    top = list(viewer.layers)[-len(own) :]
     assert {id(x) for x in top} == {id(x) for x in own}, [x.name for x in viewer.layers]
 
     member = layers.get("consign:member")
@@ -115,7 +118,7 @@ def test_one_method_in_focus_each_explorer_on_top_and_others_hidden(docks, qtbot
     rw_own = [layer for key, layer in layers.items() if layers.owner(key) == rwcp.owner]
     assert layers.get("set:rwcp") is not None and layers.get("set:rwcp").visible
     assert all(not layer.visible for layer in own)  # CONSIGN's hidden now
-    assert {id(x) for x in list(viewer.layers)[-len(rw_own):]} == {id(x) for x in rw_own}
+    assert {id(x) for x in list(viewer.layers)[-len(rw_own) :]} == {id(x) for x in rw_own}
     assert layers.get("set:crc") is None  # companions are off until ticked
 
     _bring_forward(qtbot, consign)
@@ -143,7 +146,9 @@ def test_guarantee_in_words_and_the_note_when_the_set_is_the_models_own(docks, q
     assert lam == 0.0
     assert "the set is the model's own segmentation" in consign.banner.text(), consign.banner.text()
     # the directions are the samples' principal axes, the same at every level; the sets carry α and ν
-    names = [n for n in (layer.name for layer in viewer.layers) if n.startswith("CONSIGN") and "direction" not in n]
+    names = [
+        n for n in (layer.name for layer in viewer.layers) if n.startswith("CONSIGN") and "direction" not in n
+    ]
     assert len(names) >= 3 and all("ν=0.05" in n and "α=0.2" in n for n in names), names
 
 
@@ -299,7 +304,7 @@ def test_keyboard_shortcuts_step_images_members_and_companions(docks, qtbot, tmp
 
 
 def test_calibration_comes_forward_with_progress_and_explorers_say_calibrating(docks, qtbot, tmp_path):
-    viewer, widgets = docks
+    _viewer, widgets = docks
     calib = widgets[_names()[0]]
     consign = _widget_of(widgets, "CONSIGN explorer")
     store = _float16_store(tmp_path / "p.zarr", n=30)
@@ -360,4 +365,6 @@ def test_no_combining_hat_and_errors_are_one_full_line(docks, qtbot, tmp_path):
     message = "image 0: the 'efficientnet-lite0' features need the packages\nefficientnet-lite-pytorch"
     shown = notify_error(ConformalError(message))
     assert "\n" not in shown and shown.endswith("efficientnet-lite-pytorch")
-    assert any(m.endswith("need the packages efficientnet-lite-pytorch") and "\n" not in m for m in seen), seen
+    assert any(m.endswith("need the packages efficientnet-lite-pytorch") and "\n" not in m for m in seen), (
+        seen
+    )

@@ -310,12 +310,6 @@ class ConsemaMethod(ConformalMethod[ConsemaPrepared, ConsemaCurve, np.ndarray]):
 
     # -- what callers need to know -----------------------------------------------------------
 
-    def lambda_note(self, lambda_hat: float, *, alpha: float, nu: float | None = None) -> str | None:
-        """At q̂ = 0 no dilation is needed: the set is the model's own segmentation."""
-        if float(lambda_hat) == 0.0:
-            return "at this α the set is the model's own segmentation (no dilation needed)"
-        return None
-
     def guarantee(self, alpha: float, nu: float | None = None) -> str:
         """e.g. "With probability ≥ 90 %, the set covers at least 90 % of the structure"."""
         a = check_alpha(alpha)
