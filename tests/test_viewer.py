@@ -173,8 +173,12 @@ def test_layer_names_carry_method_structure_and_levels_and_members_are_not_edita
     for layer in (members, layers.get("consign:member"), possibly):
         assert not layer.editable and layer.mode == "pan_zoom", layer.name
     viewer.layers.selection.active = members
+    consign.n_spin.setValue(5)  # other members: napari makes a layer editable when its data is replaced
+    consign.draw_members()
+    _settle(qtbot, widgets.values())
+    assert members.data.shape[0] == 5 and not members.editable and members.mode == "pan_zoom"
     viewer.dims.ndisplay = 3
-    viewer.dims.ndisplay = 2  # napari makes a layer editable again when the view changes
+    viewer.dims.ndisplay = 2
     assert not members.editable
 
 

@@ -251,6 +251,9 @@ class ResultLayers:
             self._contoured.add(key)
             if layer.contour != self._contour_value():  # setting it re-renders: only on change
                 layer.contour = self._contour_value()
+        if key in self._readonly and layer.editable:  # napari makes a layer editable when its data is replaced
+            layer.mode = "pan_zoom"
+            layer.editable = False
         return layer
 
     def remove(self, key: str) -> None:
