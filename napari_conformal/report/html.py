@@ -198,8 +198,16 @@ def _guarantee_table_html(doc: Mapping[str, Any]) -> str:
             f"<td>{_e(fmt(entry['lambda_hat_summary'], 4))}</td></tr>"
         )
     fa = doc["settings"]["false_alarm"]
+    n_checks = sum(
+        1 for entry in doc["summary"] for p in entry["guarantee"]["per_split"] if p["realised"] is not None
+    )
+    n_out = sum(entry["guarantee"]["splits_outside"] for entry in doc["summary"])
     return (
         "<h2>Did the guarantee hold?</h2>\n"
+        f'<p class="note">{n_checks} split checks, {n_out} outside their band. At a false-alarm rate of '
+        f"{fa:g} per check, about {n_checks * fa:.2g} checks are expected outside by chance alone even when "
+        "every method is correct; one isolated flag is no evidence, flags in several splits or at several "
+        "α are.</p>\n"
         "<p>Each split is checked against an acceptance band: a correct method falls outside it with "
         f"probability about {fa:g} for that split taken alone. A split outside is marked in red with "
         "↓ (less coverage than a correct method gives: the guarantee is in doubt) or ↑ (more than an "
