@@ -1,27 +1,31 @@
-"""The splits, and per split one calibration and one evaluation per method: the numbers of a report.
+"""The splits, one calibration per method and split, one evaluation pass per method: a report's numbers.
 
 A report answers "did the guarantee hold on my data, and what do the sets look like?" for several
 methods and risk levels at once. It draws ``R`` random calibration/test splits of the store
-(:func:`napari_conformal.core.bands.repeated_splits`) and, for every method and split, runs the
-engine every caller shares (:mod:`napari_conformal.api`):
+(:func:`napari_conformal.core.bands.repeated_splits`) and, for every method, runs the engine every
+caller shares (:mod:`napari_conformal.api`):
 
-1. **calibrate** once, at the largest α: :func:`~napari_conformal.api.calibrate` on the split's
-   calibration images (CONSIGN's batched search; RW-CP reads cached features when the store has
-   them). λ̂ at every other α is :meth:`~napari_conformal.core.calibration.Calibration.lambda_at`, a
-   re-reduction of the same curves; where the curves do not answer an α (CONSIGN: another box
-   quantile level) :func:`~napari_conformal.api.extend` adds the search of that level first.
-2. **evaluate** every test image once: read and prepare it, then the method's ``evaluate`` at the λ̂
-   of every α from that one prepared state (sampled members only at the diversity α, seed
-   ``seed + index`` as in :func:`~napari_conformal.api.evaluate`, so the numbers are those of
-   ``calibrate`` followed by ``evaluate`` on that split).
+1. **calibrate** once per split, at the largest α: :func:`~napari_conformal.api.calibrate` on the
+   split's calibration images (CONSIGN's batched search; RW-CP reads cached features when the store
+   has them). λ̂ at every other α is :meth:`~napari_conformal.core.calibration.Calibration.lambda_at`,
+   a re-reduction of the same curves; where the curves do not answer an α (CONSIGN: another box
+   quantile level) :func:`~napari_conformal.api.extend` adds the search of that level first, on
+   calibration images prepared once for all such extensions.
+2. **evaluate** in one pass over the images that are a test image in some split: each is read and
+   prepared once, then the method's ``evaluate`` runs at the λ̂ of every α and split it is tested at,
+   from that one prepared state; splits with the same λ̂ share the result (the metrics depend on the
+   split only through λ̂). Members are sampled only at the diversity α, with seed ``seed + index``
+   as in :func:`~napari_conformal.api.evaluate`, so every run's numbers are those of ``calibrate``
+   followed by ``evaluate`` on its split.
 
 A (method, α, split) whose λ̂ reaches the method's λ_max is a result, not bad input: the run has no
-λ̂ and no metrics, and the report lists it. Before the splits, one cheap pass reads every test image
+λ̂ and no metrics, and the report lists it. Before the methods, one cheap pass reads every test image
 for what the model alone does (:mod:`napari_conformal.report.reference`).
 
 :func:`iter_report` yields progress ``(done, total)`` in images; :func:`build_report` runs it with
-callbacks. Images are read one at a time (memory: one image, plus the calibration of one method and
-split), and ``scheduler=`` runs the per-image work on dask.distributed like the API.
+callbacks. Images are read one at a time (memory: one image and one calibration, plus the λ̂ and
+per-image metrics of every run), and ``scheduler=`` runs the per-image work on dask.distributed like
+the API.
 """
 
 from __future__ import annotations
@@ -177,21 +181,21 @@ def _evaluator(
     store: Any,
     name: str,
     method: Method,
-    todo: Mapping[int, Mapping[float, float]],
+    todo: Mapping[int, Sequence[tuple[float, float]]],
     nu: float | None,
     sampling: Mapping[float, Sequence[int]],
     seed: int,
-) -> Callable[[int], dict[float, dict[str, Any]]]:
-    """``fn(i)``: test image i read and prepared once, then evaluated at ``todo[i]`` (α → λ̂)."""
+) -> Callable[[int], dict[tuple[float, float], dict[str, Any]]]:
+    """``fn(i)``: test image i read and prepared once, then evaluated at every (α, λ̂) of ``todo[i]``."""
     spacing = store.spacing
 
-    def one(i: int) -> dict[float, dict[str, Any]]:
+    def one(i: int) -> dict[tuple[float, float], dict[str, Any]]:
         ((prepared, label),) = drive(iter_prepare(store, method, [i]))
         out = {}
-        for alpha, lam in todo[i].items():
+        for alpha, lam in todo[i]:
             a, v = _levels(method, alpha, nu)
             try:
-                out[alpha] = method.evaluate(
+                out[(alpha, lam)] = method.evaluate(
                     prepared,
                     label,
                     lam,
@@ -208,13 +212,11 @@ def _evaluator(
     return one
 
 
-def _iter_split(
+def _iter_method(
     store: Any,
     name: str,
     method: Method,
-    split: int,
-    cal: Sequence[int],
-    test: Sequence[int],
+    split_list: Sequence[tuple[Sequence[int], Sequence[int]]],
     alphas: Sequence[float],
     nu: float | None,
     sampling: Mapping[float, Sequence[int]],
@@ -222,51 +224,76 @@ def _iter_split(
     scheduler: Any,
     offset: int,
     total: int,
-    cache: dict[tuple[int, float, float], dict[str, Any]],
 ) -> Generator[Step, None, list[dict[str, Any]]]:
-    """The runs (one per α) of one method on one split (``cache``: metrics by (image, α, λ̂), shared by its splits)."""
+    """The runs (one per α and split) of one method.
+
+    First one calibration per split (kept only as λ̂ and the calibration images' realised values),
+    then one pass over the images that are a test image in some split: each is prepared once and
+    evaluated at every distinct (α, λ̂) of the splits it is tested in (the metrics depend on the split
+    only through λ̂).
+    """
     from napari_conformal.core.metrics.segmentation import nanmean_metrics
 
-    calibrations = yield from _iter_calibrations(
-        store, name, method, split, cal, alphas, nu, seed, scheduler, offset, total
-    )
-    lambdas = {a: float(c.lambda_hat) for a, (c, _) in calibrations.items() if c is not None}
-    # the metrics depend on the split only through λ̂: an (image, α, λ̂) another split evaluated is reused
-    todo = {i: {a: lam for a, lam in lambdas.items() if (i, a, lam) not in cache} for i in test}
-    images = [i for i in test if todo[i]]
+    outcome: dict[tuple[int, float], dict[str, Any]] = {}  # (split, α) → {lambda_hat, error, cal_realised…}
+    for r, (cal, _) in enumerate(split_list):
+        calibrations = yield from _iter_calibrations(
+            store, name, method, r, cal, alphas, nu, seed, scheduler, offset, total
+        )
+        for alpha, (calibration, error) in calibrations.items():
+            if calibration is None:
+                outcome[(r, alpha)] = {"lambda_hat": None, "error": error}
+            else:
+                lam = float(calibration.lambda_hat)
+                outcome[(r, alpha)] = {"lambda_hat": lam, **_cal_realised(method, calibration, alpha, nu)}
+        offset += len(cal)
+        del calibrations
+    todo: dict[int, list[tuple[float, float]]] = {}
+    for r, (_, test) in enumerate(split_list):
+        for alpha in alphas:
+            lam = outcome[(r, alpha)]["lambda_hat"]
+            if lam is None:
+                continue
+            for i in test:
+                if (alpha, lam) not in todo.setdefault(i, []):
+                    todo[i].append((alpha, lam))
+    images = sorted(i for i, pairs in todo.items() if pairs)
+    metrics: dict[int, dict[tuple[float, float], dict[str, Any]]] = {}
     if images:
         fn = _evaluator(store, name, method, todo, nu, sampling, seed)
         gen = iter_map_images(fn, images, scheduler=scheduler, stage="images")
-        rows = yield from _relay(gen, lambda step: offset + len(cal) + int(step[0]), total)
-        for i, row in zip(images, rows, strict=True):
-            for a, metrics in row.items():
-                cache[(i, a, todo[i][a])] = metrics
-    yield Step(offset + len(cal) + len(test), total, "report")
+        rows = yield from _relay(gen, lambda step: offset + int(step[0]), total)
+        metrics = dict(zip(images, rows, strict=True))
+    yield Step(offset + len({i for _, test in split_list for i in test}), total, "report")
     runs = []
     for alpha in alphas:
-        calibration, error = calibrations[alpha]
         a, v = _levels(method, alpha, nu)
-        run: dict[str, Any] = {
-            "method": name,
-            "alpha": alpha,
-            "split": split,
-            "lambda_hat": None if calibration is None else float(calibration.lambda_hat),
-            "n_cal": len(cal),
-            "n_test": len(test),
-            "sampled": bool(sampling[alpha]) and calibration is not None,
-            "guarantee": method.guarantee(a, v),
-            "per_image": [],
-            "mean": {},
-        }
-        if calibration is None:
-            run["error"] = error
-        else:
-            lam = lambdas[alpha]
-            rows = [{"index": int(i), **cache[(i, alpha, lam)]} for i in test]
-            run.update(
-                per_image=rows, mean=nanmean_metrics(rows), **_cal_realised(method, calibration, alpha, nu)
-            )
-        runs.append(run)
+        text = method.guarantee(a, v)
+        for r, (cal, test) in enumerate(split_list):
+            out = outcome[(r, alpha)]
+            lam = out["lambda_hat"]
+            run: dict[str, Any] = {
+                "method": name,
+                "alpha": alpha,
+                "split": r,
+                "lambda_hat": lam,
+                "n_cal": len(cal),
+                "n_test": len(test),
+                "sampled": bool(sampling[alpha]) and lam is not None,
+                "guarantee": text,
+                "per_image": [],
+                "mean": {},
+            }
+            if lam is None:
+                run["error"] = out["error"]
+            else:
+                rows = [{"index": int(i), **metrics[i][(alpha, lam)]} for i in test]
+                run.update(
+                    per_image=rows,
+                    mean=nanmean_metrics(rows),
+                    cal_realised=out["cal_realised"],
+                    cal_realised_left=out["cal_realised_left"],
+                )
+            runs.append(run)
     return runs
 
 
@@ -381,8 +408,8 @@ def iter_report(
     binary = [n for n in names if infos[n]["binary"]]
     reference_fg = infos[binary[0]]["fg_class"] if binary else None
 
-    per_split = n_cal_ + (n_images - n_cal_)
-    total = len(test_images) + len(names) * reps * per_split
+    per_method = reps * n_cal_ + len(test_images)  # the calibrations, then one pass over the test images
+    total = len(test_images) + len(names) * per_method
     scheduler, owned = _shared_scheduler(scheduler)
     runs: list[dict[str, Any]] = []
     try:
@@ -393,26 +420,21 @@ def iter_report(
         facts = dict(zip(test_images, facts_list, strict=True))
         offset = len(test_images)
         for name in names:
-            cache: dict[tuple[int, float, float], dict[str, Any]] = {}
-            for r, (cal, test) in enumerate(split_list):
-                gen = _iter_split(
-                    store,
-                    name,
-                    objs[name],
-                    r,
-                    cal,
-                    test,
-                    alpha_list,
-                    nu,
-                    sampling[name],
-                    seed,
-                    scheduler,
-                    offset,
-                    total,
-                    cache,
-                )
-                runs.extend((yield from gen))
-                offset += per_split
+            gen = _iter_method(
+                store,
+                name,
+                objs[name],
+                split_list,
+                alpha_list,
+                nu,
+                sampling[name],
+                seed,
+                scheduler,
+                offset,
+                total,
+            )
+            runs.extend((yield from gen))
+            offset += per_method
     finally:
         for obj in owned:
             obj.close()
