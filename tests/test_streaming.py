@@ -148,11 +148,13 @@ def test_distributed_rwcp_equals_serial(small_stores, cluster):
         "alpha": 0.2,
         "k": 8,
         "cal_indices": range(8),
-        "params": {"features": "multiscale", "grid_stride": 2, "n_step": 5},
+        "features": "multiscale",
+        "grid_stride": 2,
+        "n_step": 5,
     }
     serial = calibrate(store, "rwcp", **kwargs)
     dist = calibrate(store, "rwcp", scheduler=cluster, **kwargs)
-    assert dist["lambda_hat"] == serial["lambda_hat"]
+    assert dist.lambda_hat == serial.lambda_hat
     ms = evaluate(store, serial)
     md = evaluate(store, serial, scheduler=cluster)
     assert _same_rows(md["per_image"], ms["per_image"])
@@ -165,7 +167,7 @@ def test_distributed_pixelwise_equals_serial(small_stores, cluster, method):
     store = open_store(small_stores["multi"])
     serial = calibrate(store, method, alpha=0.2, nu=0.8, cal_indices=range(8))
     dist = calibrate(store, method, alpha=0.2, nu=0.8, cal_indices=range(8), scheduler=cluster)
-    assert dist["lambda_hat"] == serial["lambda_hat"]
+    assert dist.lambda_hat == serial.lambda_hat
     args = {"nu": 0.8, "splits": 2, "n_cal": 8, "n_samples": (5, 20), "diversity_alphas": (0.2,)}
     rs = build_report(store, (method,), (0.2,), **args)
     rd = build_report(store, (method,), (0.2,), scheduler=cluster, **args)
@@ -176,15 +178,11 @@ def test_distributed_pixelwise_equals_serial(small_stores, cluster, method):
 
 @pytest.mark.slow
 def test_distributed_consign_equals_serial(small_stores, cluster):
-    from napari_conformal.core.methods.base import available_methods
-
-    if "consign" not in available_methods():
-        pytest.skip("consign is not registered yet")
     store = open_store(small_stores["multi"])
     kwargs = {"alpha": 0.2, "nu": 0.8, "k": 3, "cal_indices": range(8)}
     serial = calibrate(store, "consign", **kwargs)
     dist = calibrate(store, "consign", scheduler=cluster, **kwargs)
-    assert dist["lambda_hat"] == serial["lambda_hat"]
+    assert dist.lambda_hat == serial.lambda_hat
     ms = evaluate(store, serial, n_samples=(5,))
     md = evaluate(store, serial, n_samples=(5,), scheduler=cluster)
     assert _same_rows(md["per_image"], ms["per_image"])
