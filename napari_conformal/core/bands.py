@@ -55,10 +55,11 @@ and the middle count is exactly ``BetaBinomial(n_test, k, n + 1 − k)`` (the
 same over ``R`` independent repetitions, summed). The covered count (≤)
 therefore keeps the exact *lower* tail and the count strictly below λ̂ (<)
 the exact *upper* tail, whatever the ties (:func:`total_covered_pmf` serves
-both sides). Without ties the two
-counts coincide and this is the exact two-sided band; with ties (integer
-dilation counts, scores of 0 where the model alone already covers) it stays
-valid with the same false-alarm rate. :func:`splitcp_power` is the exact
+both sides). Without ties the two counts coincide and this is the exact
+two-sided band; with ties (integer dilation counts, scores of 0 where the
+model alone already covers) it stays valid with the same false-alarm rate.
+It needs the realised coverage to be exactly ``1[λ_test ≤ λ̂]`` (exact
+per-image thresholds) and i.i.d. calibration and test images. :func:`splitcp_power` is the exact
 power of the band against a wrong rank for tie-free scores, and
 :func:`splitcp_false_alarm` its exact false-alarm rate (at most the nominal
 one, smaller because the counts are discrete).
