@@ -107,7 +107,7 @@ def test_wrong_rank_is_rejected(outcome):
     rank k + 1 with 0.998 at α = 0.2 (9 instead of 8). All three are asserted, so this test
     passes with probability ≥ 1 − 0.002 − 0.049 − 0.002 = 0.947 (union bound). Ties at λ_i = 0 change
     the wrong ranks' counts only when the order statistic itself lands on the atom, which needs
-    ≥ 7 of 9 images with λ_i = 0 (probability < 1e-9 at the observed atom mass ≤ 0.05); the
+    ≥ 7 of 9 images with λ_i = 0 (probability < 3e-8 at the observed atom mass ≤ 0.05); the
     design has the stated power. At α = 0.1, k + 1 = 10 > n is the trivial set (asserted too).
     """
     dim, reps = outcome
