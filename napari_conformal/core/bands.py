@@ -42,6 +42,55 @@ Since ``KL(q‖p)`` decreases in ``p`` for ``p < q``, ``μ̄ ≤ a`` implies
 gives :func:`crc_risk_tolerance`. The bound holds for any loss law, so it is
 conservative (the true false-alarm rate is far below the stated one).
 
+Ties: a sandwich instead of a lower band
+----------------------------------------
+Write the per-image scores as ``s = F⁻¹(U)`` with ``U`` uniform (any ``F``,
+atoms included) and couple calibration and test points through their
+uniforms. ``F⁻¹`` is non-decreasing, so for every test point
+``V ≤ U_(k) ⇒ s_test ≤ λ̂`` and ``s_test < λ̂ ⇒ V < U_(k)``: pathwise,
+
+    #{s_test < λ̂}  ≤  #{V < U_(k)}  ≤  #{s_test ≤ λ̂},
+
+and the middle count is exactly ``BetaBinomial(n_test, k, n + 1 − k)`` (the
+same over ``R`` independent repetitions, summed). The covered count (≤)
+therefore keeps the exact *lower* tail and the count strictly below λ̂ (<)
+the exact *upper* tail, whatever the ties (:func:`total_covered_pmf` serves
+both sides). Without ties the two counts coincide and this is the exact
+two-sided band; with ties (integer dilation counts, scores of 0 where the
+model alone already covers) it stays valid with the same false-alarm rate.
+It needs the realised coverage to be exactly ``1[λ_test ≤ λ̂]`` (exact
+per-image thresholds) and i.i.d. calibration and test images. :func:`splitcp_power` is the exact
+power of the band against a wrong rank for tie-free scores, and
+:func:`splitcp_false_alarm` its exact false-alarm rate (at most the nominal
+one, smaller because the counts are discrete).
+
+Conformal risk control: a two-sided betting test
+------------------------------------------------
+:func:`crc_risk_tolerance` treats every repetition as if it could be a coin
+flip, which is the worst case of a ``[0, 1]`` variable but far from the mean
+test FNR of a repetition (whose spread is a few percent), so it accepts
+almost anything. :func:`betting_mean_interval` uses the spread of the data
+instead, and is still exact for any law in ``[0, B]``. For independent
+``X_r ∈ [0, 1]`` with ``E X_r ≤ μ`` and any fixed ``c ∈ (0, 1]`` the
+product ``W_c(μ) = Π_r (1 + c·(X_r − μ)/μ)`` has ``E W_c(μ) =
+Π_r (1 + c·(E X_r − μ)/μ) ≤ 1`` and is non-negative (``X_r ≥ 0``); so has
+the average ``W(μ)`` of ``W_c`` over a fixed grid of ``c``
+(:data:`BETTING_FRACTIONS`), and Markov's inequality gives
+``P(W(μ) ≥ 1/δ) ≤ δ``. Mirrored, ``Π_r (1 − c·(X_r − μ)/(1 − μ))`` tests
+``E X_r ≥ μ``. Both products are monotone in ``μ``, so the values of μ that
+are not rejected form the interval ``[L, U]`` (the betting confidence
+interval of Waudby-Smith and Ramdas, "Estimating means of bounded random
+variables by betting", JRSS-B 2024, with fixed bets; fixed bets make it
+independent of the order of the repetitions). Its width shrinks like
+``σ·sqrt(2 ln(1/δ)/R)`` when the bet ``c/μ`` matches ``Δ/σ²``, i.e. like a
+Gaussian test with the true standard deviation σ, not the worst-case 1/2.
+
+CRC guarantees ``E[FNR] ≤ α`` (Angelopoulos et al. 2022, Thm. 1) and, for
+i.i.d. images whose losses have no jump at any fixed λ (continuous scores),
+``E[FNR] ≥ α − 2B/(n+1)`` (their Thm. 2; :func:`crc_risk_lower_bound`). A
+correct implementation therefore leaves ``[L, U] ∩ [α − 2B/(n+1), α] = ∅``
+with probability at most ``false_alarm`` (each side ``false_alarm/2``).
+
 Independence
 ------------
 All bands assume **independent** repetitions, i.e. fresh data for every
@@ -61,13 +110,19 @@ from napari_conformal.core.quantiles import max_uncovered
 from napari_conformal.errors import ConformalError
 
 __all__ = [
+    "BETTING_FRACTIONS",
     "acceptance_probability",
     "band_from_pmf",
     "bernoulli_kl",
+    "betting_log_wealth",
+    "betting_mean_interval",
     "covered_count_pmf",
+    "crc_risk_lower_bound",
     "crc_risk_tolerance",
     "repeated_splits",
     "splitcp_coverage_band",
+    "splitcp_false_alarm",
+    "splitcp_power",
     "splitcp_rank",
     "total_covered_pmf",
 ]
@@ -233,6 +288,45 @@ def splitcp_coverage_band(
     return band_from_pmf(pmf, false_alarm, two_sided)
 
 
+def splitcp_power(
+    n_cal: int,
+    n_test: int,
+    alpha: float,
+    reps: int,
+    rank: int,
+    false_alarm: float = 1e-3,
+    bound: float = 1.0,
+    two_sided: bool = True,
+) -> float:
+    """Exact probability that :func:`splitcp_coverage_band` rejects a rule using order statistic ``rank``.
+
+    For tie-free scores a rule that takes the ``rank``-th smallest calibration score (instead of
+    :func:`splitcp_rank`'s) has the total covered count ``total_covered_pmf(n_cal, n_test, reps,
+    rank)``; this is the mass of that law outside the band. With ``rank`` the correct one it is
+    :func:`splitcp_false_alarm`.
+    """
+    band = splitcp_coverage_band(n_cal, n_test, alpha, reps, false_alarm, bound, two_sided)
+    return 1.0 - acceptance_probability(total_covered_pmf(n_cal, n_test, reps, rank), band)
+
+
+def splitcp_false_alarm(
+    n_cal: int,
+    n_test: int,
+    alpha: float,
+    reps: int,
+    false_alarm: float = 1e-3,
+    bound: float = 1.0,
+    two_sided: bool = True,
+) -> float:
+    """Exact rejection probability of :func:`splitcp_coverage_band` for a correct rule (≤ ``false_alarm``).
+
+    Exact for tie-free scores; with ties each side is bounded by its share of ``false_alarm`` (module
+    docstring: the sandwich), and the lower band of a conservative method only gets smaller.
+    """
+    rank = splitcp_rank(n_cal, alpha, bound)
+    return splitcp_power(n_cal, n_test, alpha, reps, rank, false_alarm, bound, two_sided)
+
+
 # --------------------------------------------------------------------------- CRC: bounded risk
 
 
@@ -284,6 +378,133 @@ def crc_risk_tolerance(alpha: float, reps: int, false_alarm: float = 1e-3, bound
     t = brentq(lambda x: bernoulli_kl(min(a + x, 1.0), a) - level, 0.0, 1.0 - a, xtol=xtol)
     # brentq lands within xtol of the root; step past it so the bound holds at t
     return min(t + 2 * xtol, 1.0 - a) * b
+
+
+#: bet fractions c of the betting test (the bet on X − μ is c/μ, or c/(1 − μ) mirrored):
+#: a geometric grid from 1 (the largest bet that keeps the wealth non-negative) to 1/16
+BETTING_FRACTIONS: tuple[float, ...] = tuple(2.0 ** (-j / 2) for j in range(9))
+
+
+def crc_risk_lower_bound(alpha: float, n_cal: int, bound: float = 1.0) -> float:
+    """``α − 2B/(n+1)``: CRC's lower bound on the expected risk (Angelopoulos et al. 2022, Thm. 2).
+
+    Holds for i.i.d. calibration and test images whose loss curves have no jump at any fixed λ
+    (e.g. threshold sets of continuous scores); may be negative (then it says nothing).
+    """
+    n = _check_int(n_cal, "n_cal", 1)
+    b = float(bound)
+    if not (math.isfinite(b) and b > 0):
+        raise ConformalError(f"bound must be positive and finite, got {bound!r}")
+    return float(alpha) - 2.0 * b / (n + 1)
+
+
+def _scaled(values: np.ndarray | list[float], bound: float) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64)
+    b = float(bound)
+    if not (math.isfinite(b) and b > 0):
+        raise ConformalError(f"bound must be positive and finite, got {bound!r}")
+    if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
+        raise ConformalError("values must be a non-empty 1-D array of finite numbers")
+    if x.min() < 0 or x.max() > b:
+        raise ConformalError(f"values must lie in [0, B] = [0, {bound}]")
+    return x / b
+
+
+def _log_wealth(x: np.ndarray, mu: float, upper: bool, fractions: np.ndarray) -> float:
+    """log of the mixture wealth on [0, 1]-scaled data (see :func:`betting_log_wealth`)."""
+    if upper:  # evidence that E X > μ: bets c/μ on X − μ
+        if mu <= 0.0:
+            return math.inf if np.any(x > 0) else 0.0
+        factors = 1.0 + np.outer(fractions, x - mu) / mu
+    else:  # evidence that E X < μ: bets c/(1 − μ) on μ − X
+        if mu >= 1.0:
+            return math.inf if np.any(x < 1) else 0.0
+        factors = 1.0 - np.outer(fractions, x - mu) / (1.0 - mu)
+    with np.errstate(divide="ignore"):
+        logs = np.log(np.clip(factors, 0.0, None)).sum(axis=1)
+    top = logs.max()
+    if not np.isfinite(top):
+        return float(top)
+    return float(top + math.log(np.exp(logs - top).mean()))
+
+
+def betting_log_wealth(
+    values: np.ndarray | list[float],
+    mean: float,
+    upper: bool = True,
+    bound: float = 1.0,
+    fractions: tuple[float, ...] = BETTING_FRACTIONS,
+) -> float:
+    """log of the mixture wealth ``W(μ)`` of the betting test (module docstring).
+
+    Parameters
+    ----------
+    values : array_like, shape (R,)
+        Independent observations ``X_r ∈ [0, B]``.
+    mean : float
+        The hypothesised bound μ (in units of the loss).
+    upper : bool
+        True: evidence against ``E X_r ≤ μ`` for every r (bets on X above μ); False: against
+        ``E X_r ≥ μ``.
+    bound : float
+        B.
+    fractions : tuple of float
+        Bet fractions c in (0, 1], fixed in advance (the wealth is their average).
+
+    Returns
+    -------
+    float
+        ``log W(μ)``; under the hypothesis ``P(log W ≥ ln(1/δ)) ≤ δ`` for every δ.
+    """
+    x = _scaled(values, bound)
+    c = np.asarray(fractions, dtype=np.float64)
+    if c.ndim != 1 or c.size == 0 or c.min() <= 0 or c.max() > 1:
+        raise ConformalError("fractions must be a non-empty sequence of numbers in (0, 1]")
+    return _log_wealth(x, float(mean) / float(bound), bool(upper), c)
+
+
+def betting_mean_interval(
+    values: np.ndarray | list[float],
+    false_alarm: float = 1e-3,
+    bound: float = 1.0,
+    two_sided: bool = True,
+    fractions: tuple[float, ...] = BETTING_FRACTIONS,
+) -> tuple[float, float]:
+    """Confidence interval ``[L, U]`` for the mean of independent ``X_r ∈ [0, B]``, by betting.
+
+    ``L`` is the smallest μ whose hypothesis ``E X_r ≤ μ`` the betting test does not reject at level
+    ``false_alarm/2`` (``false_alarm`` one-sided), ``U`` the largest μ whose ``E X_r ≥ μ`` it does
+    not reject (``U = B`` one-sided). If every ``E X_r`` lies in an interval I, then
+    ``P([L, U] ∩ I = ∅) ≤ false_alarm`` for any law on ``[0, B]`` (module docstring).
+
+    Returns
+    -------
+    (float, float)
+        ``(L, U)`` in the units of the loss, found by bisection to 1e-12·B.
+    """
+    x = _scaled(values, bound)
+    fa = _check_prob(false_alarm, "false_alarm")
+    c = np.asarray(fractions, dtype=np.float64)
+    if c.ndim != 1 or c.size == 0 or c.min() <= 0 or c.max() > 1:
+        raise ConformalError("fractions must be a non-empty sequence of numbers in (0, 1]")
+    level = math.log((2.0 if two_sided else 1.0) / fa)
+
+    def edge(upper: bool) -> float:
+        # log W is decreasing in μ for upper bets and increasing for lower bets: bisect the crossing
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            rejected = _log_wealth(x, mid, upper, c) >= level
+            if upper == rejected:  # upper: rejected means μ is below L
+                lo = mid
+            else:
+                hi = mid
+        return hi if upper else lo
+
+    b = float(bound)
+    low = edge(True)
+    high = edge(False) if two_sided else 1.0
+    return low * b, high * b
 
 
 # --------------------------------------------------------------------------- splits of a finite dataset
