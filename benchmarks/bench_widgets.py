@@ -43,6 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -231,6 +232,217 @@ def bench_consign(multi: Path, repeats: int, nu: float = 0.95) -> list[tuple[str
     return rows
 
 
+ALL_DOCKS_NAMES = {
+    "coefficient_ms": "CONSIGN explorer in front: coefficient c1 slider (member)",
+    "alpha_ms": "α slider of the explorer in front (CONSIGN at visited α, RW-CP, pixel-wise): the slowest median",
+    "nu_ms": "ν slider (CONSIGN, pixel-wise): the slowest median",
+    "image_ms": "image chooser, first look at the image (prepare in a worker, then draw), CONSIGN in front",
+}
+
+
+def _settle_all(widgets, timeout: float = 1800.0) -> None:
+    """Process events until every explorer is idle (the Qt queue drained once more after)."""
+    from napari_conformal._widgets._explorer import ExplorerBase
+
+    explorers = [w for w in widgets if isinstance(w, ExplorerBase)]
+    start = time.perf_counter()
+    while not all(w.settled() for w in explorers):
+        process(0.002)
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError("the docks did not settle")
+    process()
+
+
+def _time_all(
+    widgets, move: Callable[[Any], None], values: list[Any], check: Callable[[Any], bool]
+) -> list[float]:
+    """Latency (ms) from setting each value until the event queue is idle and ``check`` holds."""
+    out = []
+    for v in values:
+        _settle_all(widgets)
+        process(THROTTLE_PAUSE_S)
+        t0 = time.perf_counter()
+        move(v)
+        while True:
+            _settle_all(widgets)
+            if check(v):
+                break
+            if time.perf_counter() - t0 > 600:
+                raise RuntimeError(f"the layers never showed {v!r}")
+        out.append(1e3 * (time.perf_counter() - t0))
+    return out
+
+
+def _front(widget, timeout: float = 30.0) -> None:
+    """Bring a dock's tab to the front and wait until it knows (its redraws run only then)."""
+    from napari_conformal._widgets._explorer import raise_dock
+
+    raise_dock(widget)
+    start = time.perf_counter()
+    while not widget.in_front:
+        process(0.005)
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError(f"{type(widget).__name__} did not come to the front")
+
+
+def bench_all_docks(shape: tuple[int, ...], repeats: int, n_images: int = 12) -> dict[str, Any]:
+    """Every dock added as the Plugins menu adds them; CONSIGN, RW-CP and APS calibrated; each control moved.
+
+    The store is the cardiac phantom (``napari_conformal.testing.phantom``, default structure sizes, seed 2026) with L = 4 labels, T = 10 float16 samples per image (CONSIGN K = 5); the last third of
+    the images is the test part. Returns medians (ms) under :data:`ALL_DOCKS_NAMES` plus every series.
+    """
+    import napari
+
+    from napari_conformal._widgets._context import context_for
+    from napari_conformal.api import calibrate
+    from napari_conformal.io.store import create_store, open_store
+    from napari_conformal.testing.phantom import cardiac_phantom
+
+    with tempfile.TemporaryDirectory() as tmp:
+        images, samples, labels = cardiac_phantom(
+            n_images, shape, n_labels=4, n_samples=10, rank=5, seed=2026
+        )
+        path = Path(tmp) / "all_docks.zarr"
+        create_store(
+            path,
+            images.astype(np.float32),
+            samples.astype(np.float16),
+            labels.astype(np.uint8),
+            sampler="synthetic",
+        )
+        store = open_store(path)
+        n_test = max(2, n_images // 3)
+        cal, test = list(range(n_images - n_test)), list(range(n_images - n_test, n_images))
+        t0 = time.perf_counter()
+        nu = 0.8
+        consign = calibrate(store, "consign", alpha=0.2, nu=nu, k=5, cal_indices=cal, device="cpu")
+        # RW-CP's structure: the first label present in every image (its FNR needs a foreground)
+        fg = next(c for c in range(1, 4) if all(np.any(labels[i] == c) for i in range(n_images)))
+        rwcp = calibrate(store, "rwcp", alpha=0.2, cal_indices=cal, device="cpu", fg_class=fg)
+        aps = calibrate(store, "aps", alpha=0.2, nu=0.8, cal_indices=cal)
+        setup_s = time.perf_counter() - t0
+        del images, samples, labels
+        viewer = napari.Viewer(show=True)
+        viewer.window.resize(1500, 950)
+        widgets = {}
+        from npe2 import PluginManager
+
+        manifest = PluginManager.instance().get_manifest("napari-conformal")
+        for w in manifest.contributions.widgets:
+            widgets[w.display_name] = viewer.window.add_plugin_dock_widget(
+                "napari-conformal", w.display_name
+            )[1]
+        docks = list(widgets.values())
+        ws = context_for(viewer).workspace
+        ws.publish(store, consign, test)
+        ws.add_session(rwcp)
+        ws.add_session(aps)
+
+        def explorer(prefix: str):
+            return next(w for name, w in widgets.items() if name.startswith(prefix))
+
+        cx, rx, px = explorer("CONSIGN"), explorer("RW-CP"), explorer("Pixel-wise")
+        _front(cx)
+        _settle_all(docks)
+        series: dict[str, list[float]] = {}
+
+        # CONSIGN in front: a coefficient, ν (at or below the calibrated ν: cached curves), α revisited
+        if not cx.coefficient_sliders:
+            raise RuntimeError(
+                f"the CONSIGN explorer drew nothing: {cx.status.text()} {cx._workers} {cx._dirty} {cx.in_front}"
+            )
+        lo, hi = cx.coefficient_sliders[0].minimum(), cx.coefficient_sliders[0].maximum()
+        values = [float(v) for v in np.linspace(lo, hi, repeats)]
+
+        def member_has(v: float) -> bool:
+            prov = cx.layers.get("consign:member").metadata["napari_conformal"]
+            return abs(prov["coefficients"][0] - v) <= 1e-3 * max(hi - lo, 1e-12)
+
+        series["consign_coefficient"] = _time_all(
+            docks, lambda v: cx.coefficient_sliders[0].setValue(v), values, member_has
+        )
+
+        def consign_at(level: str):
+            def check(v: float) -> bool:
+                prov = cx.layers.get("consign:possibly").metadata["napari_conformal"]
+                return abs(prov[level] - v) < 1e-9 and abs(getattr(ws, level) - v) < 1e-9
+
+            return check
+
+        nus = [float(v) for v in np.round(np.linspace(nu - 0.1, nu, repeats), 3)]
+        series["consign_nu"] = _time_all(docks, cx.levels.nu_slider.setValue, nus, consign_at("nu"))
+        alphas = [float(v) for v in np.round(np.linspace(0.2, 0.3, min(repeats, 5)), 3)]
+        t_first = _time_all(docks, cx.levels.alpha_slider.setValue, alphas, consign_at("alpha"))
+        series["consign_alpha_first_visit"] = t_first
+        revisit = [alphas[i % len(alphas)] for i in range(1, repeats + 1)]
+        series["consign_alpha"] = _time_all(
+            docks, cx.levels.alpha_slider.setValue, revisit, consign_at("alpha")
+        )
+
+        def image_is(i: int) -> bool:
+            layer = cx.layers.get("consign:member")
+            return layer is not None and layer.metadata["napari_conformal"]["image_index"] == i
+
+        order = [*(test + cal)[1:], test[0]]
+        series["consign_image_first_visit"] = _time_all(
+            docks, lambda i: setattr(ws, "index", i), order, image_is
+        )
+        series["consign_image_cached"] = _time_all(docks, lambda i: setattr(ws, "index", i), order, image_is)
+
+        # RW-CP in front: α (RW-CP, and its companions off by default)
+        _front(rx)
+        ws.alpha = 0.2
+        _settle_all(docks)
+
+        def rwcp_at(v: float) -> bool:
+            layer = rx.layers.get("set:rwcp")
+            return layer is not None and abs(layer.metadata["napari_conformal"]["alpha"] - v) < 1e-9
+
+        series["rwcp_alpha"] = _time_all(
+            docks, rx.levels.alpha_slider.setValue, _alpha_values(repeats), rwcp_at
+        )
+
+        # pixel-wise view in front: α and ν
+        _front(px)
+        _settle_all(docks)
+
+        def aps_at(level: str):
+            def check(v: float) -> bool:
+                layer = px.layers.get("size:aps")
+                return layer is not None and abs(layer.metadata["napari_conformal"][level] - v) < 1e-9
+
+            return check
+
+        series["aps_alpha"] = _time_all(
+            docks, px.levels.alpha_slider.setValue, _alpha_values(repeats), aps_at("alpha")
+        )
+        series["aps_nu"] = _time_all(
+            docks,
+            px.levels.nu_slider.setValue,
+            [float(v) for v in np.round(np.linspace(0.6, 0.9, repeats), 3)],
+            aps_at("nu"),
+        )
+        redraws = {name: getattr(w, "redraw_count", None) for name, w in widgets.items()}
+        viewer.close()
+    med = {k: float(statistics.median(v)) for k, v in series.items()}
+    return {
+        "shape": list(shape),
+        "labels": 4,
+        "samples": 10,
+        "k": 5,
+        "images": n_images,
+        "coefficient_ms": med["consign_coefficient"],
+        "alpha_ms": max(med["consign_alpha"], med["rwcp_alpha"], med["aps_alpha"]),
+        "nu_ms": max(med["consign_nu"], med["aps_nu"]),
+        "image_ms": med["consign_image_first_visit"],
+        "medians_ms": med,
+        "series_ms": series,
+        "redraw_counts": redraws,
+        "calibration_setup_s": setup_s,
+        "keys": ALL_DOCKS_NAMES,
+    }
+
+
 def _stats(values: list[float]) -> str:
     arr = np.asarray(values)
     return f"{statistics.median(values):.1f} | {np.percentile(arr, 95):.1f}"
@@ -247,7 +459,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="smoke test: 64² and 16³ stores, 3 moves per slider"
     )
+    parser.add_argument(
+        "--all-docks",
+        action="store_true",
+        help="every dock open (added as the Plugins menu adds them): latency of each control, L = 4, K = 5",
+    )
+    parser.add_argument("--json", default=None, help="with --all-docks: write the medians (ms) as JSON here")
     args = parser.parse_args(argv)
+    if args.all_docks:
+        import json
+
+        repeats = args.repeats or (3 if args.quick else 11)
+        sizes = {"2d": (128, 128), "3d": (48, 48, 48)} if args.quick else SIZES  # phantom structures need room
+        out = {}
+        for size in args.sizes:
+            result = bench_all_docks(sizes[size], repeats, n_images=12 if size == "2d" else 6)
+            out[size] = result
+            print(size, {k: round(v, 1) for k, v in result["medians_ms"].items()}, flush=True)
+        doc = {**out.get("2d", next(iter(out.values()))), "by_size": out}
+        doc["machine"] = f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}"
+        text = json.dumps(doc, indent=1)
+        if args.json:
+            Path(args.json).write_text(text)
+            print(f"wrote {args.json}")
+        else:
+            print(text)
+        return 0
     if args.repeats is None:
         args.repeats = 3 if args.quick else 15
     if args.out is None and not args.quick:

@@ -85,9 +85,13 @@ def tab_with_plugin_docks(widget: QWidget) -> None:
     ]
     if not siblings or dock in window.tabifiedDockWidgets(siblings[0]):
         return
+    # the tab in front stays in front (a user may have brought one forward before this dock was
+    # shown); when none is yet, the calibration dock, what a user does first
+    shown = [d for d in siblings if not d.visibleRegion().isEmpty()]
+    front = next(
+        iter(shown), next((d for d in siblings if d.windowTitle().startswith(FIRST_DOCK)), siblings[0])
+    )
     window.tabifyDockWidget(siblings[0], dock)
-    # the calibration dock (what a user does first) or the tab that was in front stays in front
-    front = next((d for d in siblings if d.windowTitle().startswith(FIRST_DOCK)), siblings[0])
     front.raise_()
 
 
