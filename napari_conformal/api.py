@@ -22,7 +22,7 @@ Methods that extract image features (RW-CP) read them from the store's ``feature
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, MutableMapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -296,7 +296,9 @@ def _dataset(data: Any, arrays: dict[str, Any]) -> Any:
     return as_dataset(data, **{k: v for k, v in arrays.items() if v is not None})
 
 
-def _method(method: str | ConformalMethod | None, device: str | None, options: dict[str, Any]) -> ConformalMethod:
+def _method(
+    method: str | ConformalMethod | None, device: str | None, options: dict[str, Any]
+) -> ConformalMethod:
     if method is None:
         raise ParameterError("method is required (e.g. 'crc', 'consign'; see available_methods())")
     if isinstance(method, ConformalMethod):
@@ -366,6 +368,7 @@ def iter_calibrate(
     samples: Any = None,
     labels: Any = None,
     spacing: Sequence[float] | None = None,
+    curve_cache: MutableMapping[int, Any] | None = None,
     **options: Any,
 ) -> Generator[Step, None, Calibration]:
     """Calibrate ``method`` on the images ``cal_indices`` of ``data``, as a progress generator.
@@ -391,6 +394,12 @@ def iter_calibrate(
     images, samples, labels, spacing
         In-memory arrays instead of ``data``: ``images`` (N, *S), ``samples`` (N, T, L, *S),
         ``labels`` (N, *S).
+    curve_cache : dict, optional
+        Image index → curve, for callers that calibrate the same method (same options, α and ν)
+        on overlapping image sets, such as repeated splits: curves found there are used as they
+        are, new ones are added. Only for methods whose curves are computed image by image
+        (``batch_curves`` False); ignored otherwise. The caller keys one cache per method,
+        options, α and ν.
     **options
         The method's options (``k=5``, ``features="multiscale"``, ``tau=0.9``, …).
 
@@ -420,7 +429,9 @@ def iter_calibrate(
         raise StoreValidationError(
             f"{getattr(dataset, 'path', None) or 'the data'} has no 'labels' array: calibration needs ground truth"
         )
-    cal = _indices(range(dataset.n_images) if cal_indices is None else cal_indices, dataset.n_images, "cal_indices")
+    cal = _indices(
+        range(dataset.n_images) if cal_indices is None else cal_indices, dataset.n_images, "cal_indices"
+    )
     m.check_calibration(len(cal), alpha)
     m.check_data(n_labels=dataset.n_labels, n_samples=dataset.n_samples, ndim=dataset.ndim)
     device_used = _device_name(m)
@@ -439,7 +450,13 @@ def iter_calibrate(
 
             return _with_image(i, run)
 
-        curves = yield from iter_map_images(one, cal, scheduler=scheduler)
+        known = {} if curve_cache is None else curve_cache
+        todo = [i for i in dict.fromkeys(cal) if i not in known]
+        new = yield from iter_map_images(one, todo, scheduler=scheduler)
+        found = dict(zip(todo, new, strict=True))
+        if curve_cache is not None:
+            curve_cache.update(found)
+        curves = [known[i] if i in known else found[i] for i in cal]
     lam = m.lambda_hat(curves, alpha=alpha, nu=nu)
     calibration = Calibration(
         method=m.name,
@@ -570,7 +587,9 @@ def iter_evaluate(
     from napari_conformal.core.metrics.segmentation import nanmean_metrics
 
     if not isinstance(calibration, Calibration):
-        raise ParameterError(f"calibration must be a Calibration (Calibration.load(path)), got {type(calibration).__name__}")
+        raise ParameterError(
+            f"calibration must be a Calibration (Calibration.load(path)), got {type(calibration).__name__}"
+        )
     dataset = _dataset(data, {})
     if not dataset.has_labels:
         raise StoreValidationError("the data have no labels: evaluation needs ground truth")
@@ -604,7 +623,9 @@ def iter_evaluate(
         def run() -> dict[str, Any]:
             image = read_image(dataset, i)
             prepared = _prepare(m, dataset, image, cached)
-            return m.evaluate(prepared, image.label, lam, alpha=alpha, nu=nu, spacing=spacing, n_samples=ns, seed=seed + i)
+            return m.evaluate(
+                prepared, image.label, lam, alpha=alpha, nu=nu, spacing=spacing, n_samples=ns, seed=seed + i
+            )
 
         return {"index": i, **_with_image(i, run)}
 

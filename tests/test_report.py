@@ -317,6 +317,42 @@ def test_lambda_max_in_some_runs_is_reported_not_fatal(binary_store, tmp_path, c
     assert "warning: lambda_hat reached lambda_max in 1 of 2 runs" in capsys.readouterr().err
 
 
+def test_each_images_curve_is_computed_once_across_splits(binary_store, registered):
+    """Repeated splits reuse an image's calibration curve: one curve per image, not one per split,
+    and the λ̂ of every split equals a fresh calibration on its images."""
+    computed: list[int] = []
+
+    class CountingCRC(CRCMethod):
+        title = "Counting CRC"
+
+        def curve(self, prepared, label, *, alpha=None, nu=None):
+            computed.append(int(label.sum()))
+            return super().curve(prepared, label, alpha=alpha, nu=nu)
+
+    registered("counting-crc", CountingCRC)
+    store = open_store(binary_store)
+    res = build_report(store, ("counting-crc",), (0.2, 0.1), splits=4, n_cal=N_CAL, seed=SEED)
+    cal_sets = [set(split["cal"]) for split in res["splits"]]
+    union = set().union(*cal_sets)
+    assert sum(len(c) for c in cal_sets) > len(union)  # the splits overlap, so a cache has work to spare
+    assert len(computed) == len(union)
+    for r, (split, cal) in enumerate(zip(res["splits"], cal_sets, strict=True)):
+        fresh = calibrate(store, "crc", alpha=0.2, cal_indices=split["cal"])
+        run = next(x for x in res["runs"] if x["split"] == r and x["alpha"] == 0.2)
+        assert run["lambda_hat"] == fresh.lambda_hat and len(cal) == run["n_cal"]
+    # through the API: a cached calibration's curves line up with its images, as a fresh one's do
+    cache: dict = {}
+    first = calibrate(store, "crc", alpha=0.2, cal_indices=res["splits"][0]["cal"], curve_cache=cache)
+    order = list(reversed(res["splits"][1]["cal"]))
+    cached = calibrate(store, "crc", alpha=0.2, cal_indices=order, curve_cache=cache)
+    fresh = calibrate(store, "crc", alpha=0.2, cal_indices=order)
+    assert len(cache) == len(set(res["splits"][0]["cal"]) | set(order)) and first.n == len(cal_sets[0])
+    method = fresh.method_object
+    for lam in (0.3, fresh.lambda_hat, 0.9):
+        got = [method.realised(c, lam, alpha=0.2) for c in cached.curves]
+        assert got == [method.realised(c, lam, alpha=0.2) for c in fresh.curves]
+
+
 # ------------------------------------------------------------------------------------------ bands
 
 
@@ -726,14 +762,18 @@ def test_cli_report_writes_and_overwrites(binary_store, tmp_path, capsys):
 
 
 def test_cli_progress_bar_on_a_terminal(monkeypatch, capsys):
-    from napari_conformal import cli
+    import sys
 
-    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: True, raising=False)
-    bar = cli._progress_bar("report", quiet=False, width=10)
+    from napari_conformal._terminal import progress_bar
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    bar = progress_bar("report", quiet=False, width=10)
     bar(5, 10)
     bar(10, 10)
     err = capsys.readouterr().err
-    assert "[#####.....]  50% 5/10" in err and err.endswith("[##########] 100% 10/10\n")
+    # each redraw returns to the line start and pads with spaces over a longer previous line
+    assert "[#####.....]  50% 5/10" in err and err.endswith("\n")
+    assert err.rstrip().endswith("[##########] 100% 10/10")
 
 
 @pytest.mark.parametrize(

@@ -115,12 +115,15 @@ def _iter_calibrations(
     scheduler: Any,
     offset: int,
     total: int,
+    curve_caches: dict[float, dict[int, Any]] | None = None,
 ) -> Generator[Step, None, dict[float, tuple[Any, str | None]]]:
     """``{α: (calibration at α or None, error or None)}`` of one method on one split.
 
     One :func:`~napari_conformal.api.calibrate` at the largest α (again at the next α when λ̂
     reaches λ_max there), then :meth:`Calibration.lambda_at` per α, after an
-    :func:`~napari_conformal.api.extend` where the curves do not answer that α.
+    :func:`~napari_conformal.api.extend` where the curves do not answer that α. ``curve_caches``
+    (α → image → curve, shared by the splits of one method) spares the per-image work of an image
+    already calibrated in an earlier split (methods whose curves are computed image by image).
     """
     out: dict[float, tuple[Any, str | None]] = {}
     calibration = None
@@ -131,7 +134,14 @@ def _iter_calibrations(
         try:
             if calibration is None:
                 gen = iter_calibrate(
-                    store, method, alpha=a, nu=v, cal_indices=cal, scheduler=scheduler, split_seed=seed
+                    store,
+                    method,
+                    alpha=a,
+                    nu=v,
+                    cal_indices=cal,
+                    scheduler=scheduler,
+                    split_seed=seed,
+                    curve_cache=None if curve_caches is None else curve_caches.setdefault(alpha, {}),
                 )
                 calibration = yield from _relay(gen, _images_done(offset, len(cal)), total)
                 out[alpha] = (calibration, None)
@@ -235,9 +245,10 @@ def _iter_method(
     from napari_conformal.core.metrics.segmentation import nanmean_metrics
 
     outcome: dict[tuple[int, float], dict[str, Any]] = {}  # (split, α) → {lambda_hat, error, cal_realised…}
+    curve_caches: dict[float, dict[int, Any]] = {}  # an image's curve is the same in every split
     for r, (cal, _) in enumerate(split_list):
         calibrations = yield from _iter_calibrations(
-            store, name, method, r, cal, alphas, nu, seed, scheduler, offset, total
+            store, name, method, r, cal, alphas, nu, seed, scheduler, offset, total, curve_caches
         )
         for alpha, (calibration, error) in calibrations.items():
             if calibration is None:
@@ -247,6 +258,7 @@ def _iter_method(
                 outcome[(r, alpha)] = {"lambda_hat": lam, **_cal_realised(method, calibration, alpha, nu)}
         offset += len(cal)
         del calibrations
+    del curve_caches
     todo: dict[int, list[tuple[float, float]]] = {}
     for r, (_, test) in enumerate(split_list):
         for alpha in alphas:
