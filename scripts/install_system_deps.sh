@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Debian packages napari needs on a headless machine (SPEC §6):
+# Installs the Debian packages napari needs on a headless machine (the README lists them):
 # a virtual X server and the xcb libraries Qt 6 loads. Does nothing when they
 # are present; when they are missing and we are not root, says what to install.
 set -euo pipefail

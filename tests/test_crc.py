@@ -115,12 +115,12 @@ def test_min_calibration_size_bound() -> None:
     ],
 )
 def test_max_uncovered_table(n: int, alpha: float, m: int) -> None:
-    # ALGORITHMS.md §1.6 table; ⌊(n+1)α − 1⌋ by hand, e.g. 276·0.25 − 1 = 68
+    # docs/algorithms.md#conformal-rules; ⌊(n+1)α − 1⌋ by hand, e.g. 276·0.25 − 1 = 68
     assert max_uncovered(n, alpha) == m
 
 
 def test_adjusted_alpha_hand() -> None:
-    # α* = ((n+1)α − 1)/n: n = 20 → 0.16, 0.055, 0.0025 (ALGORITHMS.md §4.1)
+    # α* = ((n+1)α − 1)/n: n = 20 → 0.16, 0.055, 0.0025 (docs/algorithms.md#crc)
     assert adjusted_alpha(20, 0.2) == pytest.approx(0.16, abs=1e-15)
     assert adjusted_alpha(20, 0.1) == pytest.approx(0.055, abs=1e-15)
     assert adjusted_alpha(20, 0.05) == pytest.approx(0.0025, abs=1e-15)

@@ -1,4 +1,4 @@
-"""RW-CP features cached in the dataset store (SPEC §3 ``features``) and read by calibrate/evaluate."""
+"""RW-CP features cached in the dataset store (docs/store.md#cached-rw-cp-features) and read by calibrate/evaluate."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of the dataset store (SPEC §3): round trips, per-image chunks, validation, safety."""
+"""Tests of the dataset store (docs/store.md): round trips, per-image chunks, validation, safety."""
 
 from __future__ import annotations
 

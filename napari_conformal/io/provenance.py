@@ -1,7 +1,7 @@
 """Provenance records of layers and the JSON header of single-layer files.
 
 Every layer made by napari-conformal carries a JSON-ready dictionary in
-``layer.metadata["napari_conformal"]`` (SPEC §5): for result layers the method, α, ν, λ̂, n and
+``layer.metadata["napari_conformal"]`` (docs/user_guide.md): for result layers the method, α, ν, λ̂, n and
 package version; for layers read from a dataset store the store path, its identity and the array
 shown. The writers (:mod:`napari_conformal.io.writers`) save that dictionary beside the layer data
 in a *layer header*, a JSON object::

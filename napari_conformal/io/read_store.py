@@ -1,6 +1,6 @@
 """The napari layers of a dataset store: images, ground truth, mean and per-sample predictions.
 
-A store (a zarr group whose ``format`` attribute is ``"napari-conformal-dataset"``, SPEC §3) opens as
+A store (a zarr group whose ``format`` attribute is ``"napari-conformal-dataset"``, docs/store.md) opens as
 four layers, all lazy (dask arrays over the per-image zarr chunks, so opening reads one image to set
 the contrast and nothing else):
 

@@ -12,7 +12,7 @@ What each kind of path opens as:
 * a single volume (TIFF, NIfTI, ``.npy``, ``.npz``, zarr array) — :func:`~napari_conformal.io.read_volume.read_volume`;
 * a ``*_samples`` array — :func:`~napari_conformal.io.read_samples.read_samples`.
 
-Loading is safe (SPEC §7, :mod:`napari_conformal.io.safe_load`): nothing is ever unpickled.
+Loading is safe (:mod:`napari_conformal.io.safe_load`): nothing is ever unpickled.
 This module holds the entry points and the dispatch; the readers live in their own modules and are
 importable from here.
 """

@@ -1,4 +1,4 @@
-"""Loading NumPy and zarr files without ever unpickling (SPEC §7).
+"""Loading NumPy and zarr files without ever unpickling (docs/store.md: nothing is unpickled).
 
 ``np.load(..., allow_pickle=False)`` everywhere; object arrays are refused with an error naming the
 file before any data is read; a zarr array whose metadata asks for objects or a pickle codec is

@@ -1,4 +1,4 @@
-"""The dataset store (SPEC §3): a zarr v3 group of images, softmax samples and optional labels.
+"""The dataset store (docs/store.md): a zarr v3 group of images, softmax samples and optional labels.
 
 One chunk per image (``images`` chunk ``(1, *S)``, ``samples`` chunk ``(1, T, L, *S)``), so
 :meth:`DatasetStore.image`, :meth:`~DatasetStore.samples` and friends read exactly one image from

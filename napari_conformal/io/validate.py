@@ -1,4 +1,4 @@
-"""Rules of the dataset store format (SPEC §3): layout, attributes and dtypes, as pure functions.
+"""Rules of the dataset store format (docs/store.md): layout, attributes and dtypes, as pure functions.
 
 The same rules serve every caller: :func:`~napari_conformal.io.store_write.create_store` checks
 in-memory arrays before anything is written, :meth:`~napari_conformal.io.store.DatasetStore.write_image`
