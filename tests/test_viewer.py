@@ -88,6 +88,14 @@ def test_every_dock_from_the_plugins_menu_fits_the_screen_tabbed(docks, qtbot):
     # the calibration dock, what a user does first, is the tab in front; every dock is at least 380 px wide
     assert widgets[_names()[0]].isVisible() and not first.visibleRegion().isEmpty()
     assert all(w.minimumWidth() >= 380 for w in widgets.values())
+    # and nothing in a dock is wider than the dock: no control cut off at the right edge
+    from qtpy.QtWidgets import QScrollArea
+
+    for name, w in widgets.items():
+        _bring_forward(qtbot, w)
+        scroll = w.findChild(QScrollArea)
+        need = scroll.widget().minimumSizeHint().width()
+        assert need <= scroll.viewport().width(), (name, need, scroll.viewport().width())
 
 
 def test_one_method_in_focus_each_explorer_on_top_and_others_hidden(docks, qtbot, tmp_path):

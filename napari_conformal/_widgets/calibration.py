@@ -161,10 +161,11 @@ class CalibrationWidget(QWidget):
         )
         self.nu_spin = self._double(0.0, 0.999, 0.9, 3, "label-wise accuracy ν a member must exceed")
         self.fraction_spin = self._double(0.05, 0.95, 0.5, 2, "fraction of images used for calibration")
-        self.store_split_check = QCheckBox("use the store's own split when it has one")
+        self.store_split_check = QCheckBox("the store's own split")
         self.store_split_check.setChecked(True)
         self.store_split_check.setToolTip(
-            "demo stores record a calibration/test split; otherwise a random split with this fraction and seed"
+            "use the calibration/test split the store records (demo stores do); without one, or unticked, "
+            "a random split with this fraction and seed"
         )
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
@@ -203,6 +204,10 @@ class CalibrationWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.load_button)
+        for combo in (self.layer_store_combo, self.method_combo, self.device_combo):
+            # long entries (store paths) must not widen the dock: the combo shows the start of them
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(12)
         outer = QVBoxLayout(self)  # content in a scroll area: the dock may be shorter than it
         outer.setContentsMargins(0, 0, 0, 0)
         scroll = QScrollArea()
