@@ -33,7 +33,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_conformal._widgets._explorer import _dock_of, raise_dock
     from napari_conformal.demo import (
-        CALIBRATION_DOCK,
         PLUGIN,
         _explorers_settled,
         _plugin_widget_names,
