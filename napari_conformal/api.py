@@ -345,6 +345,8 @@ def iter_prepare(
     def one(i: int) -> tuple[Any, np.ndarray | None]:
         def run() -> tuple[Any, np.ndarray | None]:
             image = read_image(data, i, with_label=with_labels)
+            if image.label is not None:
+                method.check_truth(image.label)  # here, where the image is named (CONSIGN's search comes later)
             return _prepare(method, data, image, cached), image.label
 
         return _with_image(i, run)
