@@ -29,10 +29,13 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 #: public name → module that defines it
 _LAZY = {
     "calibrate": "napari_conformal.api",
+    "calibrate_per_class": "napari_conformal.api",
     "evaluate": "napari_conformal.api",
+    "evaluate_per_class": "napari_conformal.api",
     "extend": "napari_conformal.api",
     "cache_features": "napari_conformal.api",
     "Calibration": "napari_conformal.core.calibration",
+    "ClassCalibrations": "napari_conformal.core.per_class",
     "available_methods": "napari_conformal.core.methods.base",
     "make_method": "napari_conformal.core.methods.base",
     "ConformalMethod": "napari_conformal.core.methods.base",
@@ -60,6 +63,7 @@ __all__ = [
     "ArrayDataset",
     "CRCMethod",
     "Calibration",
+    "ClassCalibrations",
     "ConformalError",
     "ConformalMethod",
     "ConsemaMethod",
@@ -71,15 +75,24 @@ __all__ = [
     "available_methods",
     "cache_features",
     "calibrate",
+    "calibrate_per_class",
     "create_store",
     "evaluate",
+    "evaluate_per_class",
     "extend",
     "make_method",
     "open_store",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from napari_conformal.api import cache_features, calibrate, evaluate, extend
+    from napari_conformal.api import (
+        cache_features,
+        calibrate,
+        calibrate_per_class,
+        evaluate,
+        evaluate_per_class,
+        extend,
+    )
     from napari_conformal.core.calibration import Calibration
     from napari_conformal.core.methods.base import ConformalMethod, Option, available_methods, make_method
     from napari_conformal.core.methods.consema import ConsemaMethod
@@ -88,6 +101,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_conformal.core.methods.rwcp import RWCPMethod
     from napari_conformal.core.methods.sacp import SACP
     from napari_conformal.core.methods.threshold import CRCMethod
+    from napari_conformal.core.per_class import ClassCalibrations
     from napari_conformal.errors import ConformalError
     from napari_conformal.io.dataset import ArrayDataset
     from napari_conformal.io.store import DatasetStore, create_store, open_store

@@ -59,3 +59,67 @@ def dyadic_dataset(
     ) / np.float32(4)
     assert np.all(samples.sum(axis=2) == 1.0)
     return images, samples, labels
+
+
+def confused_dataset(
+    n: int,
+    shape: tuple[int, int] = (12, 12),
+    n_labels: int = 4,
+    n_samples: int = 4,
+    *,
+    confused: float = 0.3,
+    p_absent: float = 0.3,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """i.i.d. images whose per-structure recall can never pass ν = 0.7 at the model's own argmax.
+
+    Every image holds one disc per foreground label; label ``L − 1`` is left out with probability
+    ``p_absent`` (independently per image, so the images containing it are i.i.d. too). In every
+    structure a fraction ``confused`` of its pixels (⌈·⌉, at least one) is confused: in every sample
+    a wrong label scores strictly above the true one there, so the true label is never the most
+    likely and the per-image λ_i(ν) of a pixel-wise set is never 0 for ν ≥ 1 − ``confused``.
+    Everything else is continuous (Gaussian logits), so the λ_i of different images are distinct
+    almost surely: the covered count of split conformal is then exactly Beta-Binomial.
+
+    Returns
+    -------
+    images : ndarray of float32, shape (N, *S)
+    samples : ndarray of float32, shape (N, T, L, *S)
+    labels : ndarray of int64, shape (N, *S)
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices(shape)
+    labels = np.zeros((n, *shape), dtype=np.int64)
+    samples = np.zeros((n, n_samples, n_labels, *shape), dtype=np.float32)
+    for i in range(n):
+        for lab in range(1, n_labels):
+            if lab == n_labels - 1 and rng.random() < p_absent:
+                continue
+            cy, cx = rng.uniform(2, shape[0] - 2), rng.uniform(2, shape[1] - 2)
+            radius = rng.uniform(2.0, 3.5)
+            labels[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = lab
+        truth = labels[i]
+        favoured = truth.copy()
+        wrong = np.zeros(shape, dtype=bool)
+        for lab in np.unique(truth).tolist():
+            where = np.flatnonzero(truth.reshape(-1) == lab)
+            pick = rng.choice(where, size=max(1, int(np.ceil(confused * where.size))), replace=False)
+            wrong.reshape(-1)[pick] = True
+        other = (truth + rng.integers(1, n_labels, size=shape)) % n_labels
+        favoured[wrong] = other[wrong]
+        bonus = rng.uniform(1.0, 3.0, size=shape)
+        for t in range(n_samples):
+            logits = rng.normal(0.0, 0.7, size=(n_labels, *shape))
+            logits += np.where(np.arange(n_labels)[:, None, None] == favoured[None], bonus[None], 0.0)
+            top = np.take_along_axis(logits, favoured[None], axis=0)[0]
+            true_logit = top - rng.uniform(0.2, 2.0, size=shape)  # strictly below the wrong label's
+            np.put_along_axis(
+                logits,
+                truth[None],
+                np.where(wrong, true_logit, np.take_along_axis(logits, truth[None], axis=0)[0])[None],
+                axis=0,
+            )
+            e = np.exp(logits - logits.max(axis=0, keepdims=True))
+            samples[i, t] = (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
+    images = (labels + rng.normal(0.0, 0.3, size=labels.shape)).astype(np.float32)
+    return images, samples, labels
