@@ -16,21 +16,28 @@ WITHOUT_3 = (2, 5, 9)
 
 
 def dyadic_dataset(
-    n: int = 14, shape: tuple[int, int] = (16, 16), n_labels: int = 4, n_samples: int = 6, seed: int = 7
+    n: int = 14,
+    shape: tuple[int, int] = (16, 16),
+    n_labels: int = 4,
+    n_samples: int = 6,
+    seed: int = 7,
+    without_3: tuple[int, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images float32 (N, *S), samples float32 (N, T, L, *S), labels int64 (N, *S)).
 
     Each image holds one disc per foreground label (label l inside radius r_l around its own
     centre, later labels drawn over earlier ones); the samples favour the true label with
     integer weights (at 30 % of the pixels a random label instead) and put the rest of the mass on
-    random labels, every pixel summing to 64/64.
+    random labels, every pixel summing to 64/64. ``without_3``: the images without label 3
+    (default :data:`WITHOUT_3`).
     """
+    absent = set(WITHOUT_3 if without_3 is None else without_3)
     rng = np.random.default_rng(seed)
     yy, xx = np.indices(shape)
     labels = np.zeros((n, *shape), dtype=np.int64)
     for i in range(n):
         for lab in range(1, n_labels):
-            if lab == 3 and i in WITHOUT_3:
+            if lab == 3 and i in absent:
                 continue
             cy, cx = rng.integers(3, shape[0] - 3), rng.integers(3, shape[1] - 3)
             r2 = int(rng.integers(4, 20))
