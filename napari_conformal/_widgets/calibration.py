@@ -9,7 +9,7 @@ inputs are generated from its options spec (:class:`~napari_conformal.core.metho
 and opens its store. Either way the result is published into the viewer's shared workspace
 (:class:`napari_conformal.explore.workspace.Workspace`), where the explorer docks pick it up.
 
-*Per structure* (docs/algorithms.md#per-structure-guarantees): with "one λ̂ per structure" checked,
+*Per structure* (docs/algorithms.md#per-structure-guarantees): with "one calibrated λ per structure" checked,
 Run calibrates each foreground class on the calibration images that contain it
 (:func:`napari_conformal.api.iter_calibrate_per_class`); the λ̂ of every structure is listed, the
 structure chooser publishes that structure's calibration (with the test images that contain it),
@@ -644,7 +644,7 @@ class CalibrationWidget(QWidget):
 
     def _build_per_class_box(self) -> QGroupBox:
         box = QGroupBox("Per structure")
-        self.per_class_check = QCheckBox("one λ̂ per structure")
+        self.per_class_check = QCheckBox("one calibrated λ per structure")
         self.per_class_check.setToolTip(
             "calibrate every foreground structure on the calibration images that contain it: each gets its "
             "own guarantee, for new images that contain it"
@@ -695,7 +695,7 @@ class CalibrationWidget(QWidget):
             self._per_class_toggled()
             return
         for entry in result.entries:
-            text = entry.title + (" (full set)" if entry.full_set else f": λ̂ = {entry.lambda_hat:.5g}")
+            text = entry.title + (" (full set)" if entry.full_set else f": λ = {entry.lambda_hat:.5g}")
             self.structure_combo.addItem(text, entry.label)
             if entry.full_set:  # nothing to show: no calibration
                 self.structure_combo.model().item(self.structure_combo.count() - 1).setEnabled(False)
