@@ -9,6 +9,7 @@ The public face (see docs/api.md)::
     calib.save("calib.json")                       # nc.Calibration.load("calib.json")
     metrics = nc.evaluate(store, calib)            # per-image and mean metrics
     calib = nc.calibrate(method="crc", alpha=0.1, images=x, samples=p, labels=y)   # arrays in memory
+    per_class = nc.calibrate_per_class(store, "crc", alpha=0.1, cal_indices=range(40))  # one λ̂ per structure
 
 Everything is imported on first use: ``import napari_conformal`` loads neither torch nor Qt. The
 numerical library lives in :mod:`napari_conformal.core` (numpy/torch, no Qt), the dataset store in

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from napari_conformal.core.calibration import Calibration, Provenance, StoreRef
 from napari_conformal.core.methods.base import ConformalMethod, make_method, method_class
 from napari_conformal.core.progress import Step
 from napari_conformal.errors import Cancelled, ConformalError, ParameterError, StoreValidationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_conformal.core.per_class import ClassCalibrations
 
 __all__ = [
     "Cancelled",
@@ -693,7 +696,7 @@ def iter_calibrate_per_class(
     labels: Any = None,
     spacing: Sequence[float] | None = None,
     **options: Any,
-) -> Generator[Step, None, Any]:
+) -> Generator[Step, None, ClassCalibrations]:
     """One λ̂ per structure (docs/algorithms.md#per-structure-guarantees), as a progress generator.
 
     For each class c: ``calibrate(data, method, cal_indices=<the images of cal_indices whose ground
@@ -849,7 +852,7 @@ def calibrate_per_class(
     progress: Progress | None = None,
     should_stop: ShouldStop | None = None,
     **kwargs: Any,
-) -> Any:
+) -> ClassCalibrations:
     """:func:`iter_calibrate_per_class` with ``progress(done, total)`` and ``should_stop()`` callbacks.
 
     Examples
@@ -862,7 +865,7 @@ def calibrate_per_class(
 
 def iter_evaluate_per_class(
     data: Any,
-    calibrations: Any,
+    calibrations: ClassCalibrations,
     *,
     test_indices: Iterable[int] | None = None,
     n_samples: Sequence[int] = (10, 50, 100, 500, 1000),
@@ -989,7 +992,7 @@ def iter_evaluate_per_class(
 
 def evaluate_per_class(
     data: Any,
-    calibrations: Any,
+    calibrations: ClassCalibrations,
     *,
     progress: Progress | None = None,
     should_stop: ShouldStop | None = None,

@@ -122,6 +122,43 @@ def test_consign_per_class_equals_calibrate_with_the_structure(data) -> None:
         assert result[c].calibration.cal_indices == tuple(images)
 
 
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("rwcp", {"features": "multiscale", "grid_stride": 2, "k": 5, "n_step": 3}),
+        ("raps", {"nu": 0.8}),
+        ("lac", {"nu": 0.8}),
+        ("sacp", {"nu": 0.8, "variant": "liu"}),
+        ("aps", {"nu": 0.8, "randomized": True, "seed": 2}),
+    ],
+)
+def test_every_method_per_class_equals_calibrate_with_its_structure_option(data, method, extra) -> None:
+    from napari_conformal.core.methods.base import method_class
+
+    option = method_class(method).structure_option
+    result = calibrate_per_class(method=method, alpha=0.25, cal_indices=POOL, classes=(2, 3), **data, **extra)
+    for c in (2, 3):
+        images = _with(data["labels"], c, POOL)
+        alone = calibrate(method=method, alpha=0.25, cal_indices=images, **{option: c}, **data, **extra)
+        assert result.lambda_hat(c) == alone.lambda_hat
+        assert result[c].calibration.params == alone.params
+        assert result.guarantee(c).endswith(alone.guarantee()[1:])
+
+
+def test_consema_per_class_equals_calibrate_with_its_fg_class() -> None:
+    from napari_conformal.testing.synthetic import lowrank_multiclass_dataset
+
+    # class 1 is missing from one image and predicted in every other (Consema dilates the prediction)
+    images, samples, labels = lowrank_multiclass_dataset(16, (16, 16), n_classes=3, n_samples=6, seed=2)
+    data = {"images": images, "samples": samples, "labels": labels}
+    result = calibrate_per_class(method="consema", alpha=0.25, cal_indices=range(16), classes=[1], **data)
+    assert result[1].n == 15
+    alone = calibrate(
+        method="consema", alpha=0.25, cal_indices=_with(labels, 1, range(16)), fg_class=1, **data
+    )
+    assert result.lambda_hat(1) == alone.lambda_hat and alone.n == 15
+
+
 # -- the count guard ------------------------------------------------------------------------------------
 
 
