@@ -146,6 +146,23 @@ def test_calibrate_names_the_image_and_the_structure(data) -> None:
             )
 
 
+def test_evaluate_names_the_test_image_without_the_structure(data) -> None:
+    from napari_conformal.api import calibrate, evaluate
+
+    images, samples, labels = data
+    arrays = {"images": images, "samples": samples, "labels": labels}
+    cal = [i for i in range(10) if i not in WITHOUT_3]
+    calib = calibrate(method="aps", alpha=0.2, nu=0.8, cal_indices=cal, structure=3, **arrays)
+    assert "of structure 3 correctly" in calib.guarantee()
+    with pytest.raises(CalibrationError, match=rf"image {WITHOUT_3[1]}: .*no pixel of structure 3"):
+        evaluate(arrays, calib, test_indices=[WITHOUT_3[1]], n_samples=())
+    rows = evaluate(arrays, calib, test_indices=[10, 11], n_samples=())["per_image"]
+    aps = make_method("aps")
+    for row in rows:  # accuracy_in is the recall of structure 3 inside the set
+        scores = aps.prepare(None, samples[row["index"]]).scores[3][labels[row["index"]] == 3]
+        assert row["accuracy_in"] == np.count_nonzero(scores <= calib.lambda_hat) / scores.size
+
+
 def test_structure_must_be_a_label_of_the_data(data) -> None:
     from napari_conformal.api import calibrate
 
