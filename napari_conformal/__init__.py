@@ -9,6 +9,7 @@ The public face (see docs/api.md)::
     calib.save("calib.json")                       # nc.Calibration.load("calib.json")
     metrics = nc.evaluate(store, calib)            # per-image and mean metrics
     calib = nc.calibrate(method="crc", alpha=0.1, images=x, samples=p, labels=y)   # arrays in memory
+    per_class = nc.calibrate_per_class(store, "crc", alpha=0.1, cal_indices=range(40))  # one λ̂ per structure
 
 Everything is imported on first use: ``import napari_conformal`` loads neither torch nor Qt. The
 numerical library lives in :mod:`napari_conformal.core` (numpy/torch, no Qt), the dataset store in
@@ -29,10 +30,13 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 #: public name → module that defines it
 _LAZY = {
     "calibrate": "napari_conformal.api",
+    "calibrate_per_class": "napari_conformal.api",
     "evaluate": "napari_conformal.api",
+    "evaluate_per_class": "napari_conformal.api",
     "extend": "napari_conformal.api",
     "cache_features": "napari_conformal.api",
     "Calibration": "napari_conformal.core.calibration",
+    "ClassCalibrations": "napari_conformal.core.per_class",
     "available_methods": "napari_conformal.core.methods.base",
     "make_method": "napari_conformal.core.methods.base",
     "ConformalMethod": "napari_conformal.core.methods.base",
@@ -60,6 +64,7 @@ __all__ = [
     "ArrayDataset",
     "CRCMethod",
     "Calibration",
+    "ClassCalibrations",
     "ConformalError",
     "ConformalMethod",
     "ConsemaMethod",
@@ -71,15 +76,24 @@ __all__ = [
     "available_methods",
     "cache_features",
     "calibrate",
+    "calibrate_per_class",
     "create_store",
     "evaluate",
+    "evaluate_per_class",
     "extend",
     "make_method",
     "open_store",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from napari_conformal.api import cache_features, calibrate, evaluate, extend
+    from napari_conformal.api import (
+        cache_features,
+        calibrate,
+        calibrate_per_class,
+        evaluate,
+        evaluate_per_class,
+        extend,
+    )
     from napari_conformal.core.calibration import Calibration
     from napari_conformal.core.methods.base import ConformalMethod, Option, available_methods, make_method
     from napari_conformal.core.methods.consema import ConsemaMethod
@@ -88,6 +102,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_conformal.core.methods.rwcp import RWCPMethod
     from napari_conformal.core.methods.sacp import SACP
     from napari_conformal.core.methods.threshold import CRCMethod
+    from napari_conformal.core.per_class import ClassCalibrations
     from napari_conformal.errors import ConformalError
     from napari_conformal.io.dataset import ArrayDataset
     from napari_conformal.io.store import DatasetStore, create_store, open_store

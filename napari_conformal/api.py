@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Generator, Iterable, Iterator, MutableMapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -32,17 +32,24 @@ from napari_conformal.core.methods.base import ConformalMethod, make_method, met
 from napari_conformal.core.progress import Step
 from napari_conformal.errors import Cancelled, ConformalError, ParameterError, StoreValidationError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_conformal.core.per_class import ClassCalibrations
+
 __all__ = [
     "Cancelled",
     "cache_features",
     "calibrate",
+    "calibrate_per_class",
     "drive",
     "evaluate",
+    "evaluate_per_class",
     "extend",
     "feature_cache_matches",
     "iter_cache_features",
     "iter_calibrate",
+    "iter_calibrate_per_class",
     "iter_evaluate",
+    "iter_evaluate_per_class",
     "iter_extend",
     "iter_map_images",
     "iter_prepare",
@@ -347,6 +354,8 @@ def iter_prepare(
     def one(i: int) -> tuple[Any, np.ndarray | None]:
         def run() -> tuple[Any, np.ndarray | None]:
             image = read_image(data, i, with_label=with_labels)
+            if image.label is not None:
+                method.check_truth(image.label)  # here, where the image is named (CONSIGN's search comes later)
             return _prepare(method, data, image, cached), image.label
 
         return _with_image(i, run)
@@ -652,3 +661,363 @@ def evaluate(
 ) -> dict[str, Any]:
     """:func:`iter_evaluate` with ``progress(done, total)`` and ``should_stop()`` callbacks."""
     return drive(iter_evaluate(data, calibration, **kwargs), progress, should_stop)
+
+
+# -- per-structure calibration ------------------------------------------------------------------------
+
+
+def _present_labels(data: Any, i: int) -> frozenset[int]:
+    """The labels present in image ``i``'s ground truth (values checked)."""
+    from napari_conformal.core.validation import check_label
+
+    def run() -> frozenset[int]:
+        label = check_label(data.label(i), i, n_labels=data.n_labels, shape=data.spatial_shape)
+        return frozenset(
+            int(v) for v in np.flatnonzero(np.bincount(label.reshape(-1), minlength=data.n_labels))
+        )
+
+    return _with_image(i, run)
+
+
+def _classes(classes: Iterable[int] | None, n_labels: int) -> list[int]:
+    from napari_conformal.core.validation import check_fg_class
+
+    if classes is None:
+        chosen = list(range(1, n_labels))
+    else:
+        chosen = [check_fg_class(c, n_labels, name="class") for c in classes]
+    if not chosen:
+        raise ParameterError(
+            f"classes is empty: name at least one structure (the data have labels 0..{n_labels - 1})"
+        )
+    if len(set(chosen)) != len(chosen):
+        raise ParameterError(f"classes contains duplicates: {chosen}")
+    return sorted(chosen)
+
+
+def _label_names(dataset: Any) -> list[str] | None:
+    names = getattr(dataset, "label_names", None)
+    return None if names is None else [str(n) for n in names]
+
+
+def iter_calibrate_per_class(
+    data: Any = None,
+    method: str | None = None,
+    *,
+    alpha: float,
+    nu: float | None = None,
+    classes: Iterable[int] | None = None,
+    rare: str = "refuse",
+    cal_indices: Iterable[int] | None = None,
+    device: str | None = None,
+    scheduler: Any = None,
+    split_seed: int | None = None,
+    images: Any = None,
+    samples: Any = None,
+    labels: Any = None,
+    spacing: Sequence[float] | None = None,
+    **options: Any,
+) -> Generator[Step, None, ClassCalibrations]:
+    """One λ̂ per structure (docs/algorithms.md#per-structure-guarantees), as a progress generator.
+
+    For each class c: ``calibrate(data, method, cal_indices=<the images of cal_indices whose ground
+    truth contains c>, <structure option>=c)`` — ``fg_class`` for CRC, RW-CP and Consema,
+    ``structure`` for the label-wise methods. The guarantee of class c is for **new images that
+    contain c**.
+
+    Parameters
+    ----------
+    data, images, samples, labels, spacing, alpha, nu, cal_indices, device, scheduler, split_seed
+        As in :func:`iter_calibrate`.
+    method : str
+        A registered method name (a method object cannot be re-made per class).
+    classes : iterable of int, optional
+        The structures (default: every foreground label 1..L−1).
+    rare : {"refuse", "full"}
+        A class in fewer than ⌈1/α⌉ − 1 calibration images is refused (the default: one message
+        naming each such class, its count and the number needed) or gets the method's full set
+        (:meth:`~napari_conformal.core.methods.base.ConformalMethod.full_set_lambda`; refused for
+        methods without one).
+    **options
+        The method's options, except its structure option (set per class).
+
+    Yields
+    ------
+    Step
+        The labels read (stage ``"labels"``: the count guard needs them), then the images read and
+        prepared over every class (``"images"``, counted across classes), and each class's curve
+        stage (``"structure c: search"``).
+
+    Returns
+    -------
+    ClassCalibrations
+        As the generator's return value.
+
+    Raises
+    ------
+    ParameterError
+        Bad levels, options, classes or indices, or the structure option given (before any
+        per-image work).
+    InsufficientCalibrationError
+        A class too rare for α with ``rare="refuse"``, or with ``rare="full"`` for a method
+        without a full set: after reading the labels, before any image is prepared.
+    """
+    from napari_conformal.core.per_class import RARE_RULES, ClassCalibrations, ClassEntry, rare_message
+    from napari_conformal.core.validation import min_calibration_size
+    from napari_conformal.errors import InsufficientCalibrationError
+
+    if not isinstance(method, str):
+        raise ParameterError(
+            "per-class calibration needs the method's name (it makes one method per class), "
+            f"got {type(method).__name__}"
+        )
+    cls = method_class(method)
+    option = cls.structure_option
+    if option is None:
+        raise ParameterError(f"method {method!r} has no structure option: it cannot be calibrated per class")
+    if option in options:
+        raise ParameterError(f"per-class calibration sets {option} to each class itself; leave {option} out")
+    if rare not in RARE_RULES:
+        raise ParameterError(f"rare must be one of {', '.join(RARE_RULES)}, got {rare!r}")
+    dataset = _dataset(data, {"images": images, "samples": samples, "labels": labels, "spacing": spacing})
+    base = make_method(method, device=device, **options)
+    alpha, nu = base.check_levels(alpha, nu)
+    if not dataset.has_labels:
+        raise StoreValidationError(
+            f"{getattr(dataset, 'path', None) or 'the data'} has no 'labels' array: calibration needs ground truth"
+        )
+    pool = _indices(
+        range(dataset.n_images) if cal_indices is None else cal_indices, dataset.n_images, "cal_indices"
+    )
+    chosen = _classes(classes, dataset.n_labels)
+    methods = {c: make_method(method, device=device, **options, **{option: c}) for c in chosen}
+    for m in methods.values():
+        m.check_data(n_labels=dataset.n_labels, n_samples=dataset.n_samples, ndim=dataset.ndim)
+    names = _label_names(dataset)
+
+    def name(c: int) -> str | None:
+        return None if names is None else names[c]
+
+    present = yield from iter_map_images(lambda i: _present_labels(dataset, i), pool, stage="labels")
+    images_of = {c: [i for i, p in zip(pool, present, strict=True) if c in p] for c in chosen}
+    need = min_calibration_size(alpha)
+    too_rare = []
+    for c in chosen:
+        try:
+            methods[c].check_calibration(len(images_of[c]), alpha)
+        except InsufficientCalibrationError:
+            too_rare.append(c)
+    if too_rare and rare == "refuse":
+        raise InsufficientCalibrationError(
+            rare_message([(c, name(c), len(images_of[c])) for c in too_rare], need, alpha, len(pool))
+        )
+    without = [c for c in too_rare if methods[c].full_set_lambda() is None]
+    if without:
+        raise InsufficientCalibrationError(
+            rare_message(
+                [(c, name(c), len(images_of[c])) for c in without], need, alpha, len(pool), full=False
+            )
+            + f"; {cls.title or method} has no full set to fall back on (no lambda it records is sure to hold "
+            "every pixel and label)"
+        )
+    todo = [c for c in chosen if c not in too_rare]
+    total = sum(len(images_of[c]) for c in todo)
+    done = 0
+    entries = []
+    for c in chosen:
+        if c in too_rare:
+            lam = float(methods[c].full_set_lambda())  # type: ignore[arg-type]
+            entries.append(ClassEntry(c, name(c), len(images_of[c]), "full_set", lam, None))
+            continue
+        gen = iter_calibrate(
+            dataset,
+            methods[c],
+            alpha=alpha,
+            nu=nu,
+            cal_indices=images_of[c],
+            scheduler=scheduler,
+            split_seed=split_seed,
+        )
+        try:
+            while True:
+                step = next(gen)
+                if step.stage == "images":
+                    yield Step(done + step.done, total, "images")
+                else:
+                    yield Step(step.done, step.total, f"structure {c}: {step.stage}")
+        except StopIteration as stop:
+            calibration = stop.value
+        finally:
+            gen.close()
+        done += len(images_of[c])
+        entries.append(
+            ClassEntry(c, name(c), len(images_of[c]), "calibrated", calibration.lambda_hat, calibration)
+        )
+    return ClassCalibrations(
+        method=method,
+        params={k: v for k, v in base.params().items() if k != option},
+        alpha=alpha,
+        nu=nu,
+        cal_indices=tuple(pool),
+        store=StoreRef.of(dataset),
+        label_names=None if names is None else tuple(names),
+        entries=tuple(entries),
+        provenance=Provenance.now(device=_device_name(base), seed=split_seed),
+    )
+
+
+def calibrate_per_class(
+    data: Any = None,
+    method: str | None = None,
+    *,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+    **kwargs: Any,
+) -> ClassCalibrations:
+    """:func:`iter_calibrate_per_class` with ``progress(done, total)`` and ``should_stop()`` callbacks.
+
+    Examples
+    --------
+    >>> per_class = calibrate_per_class(store, "crc", alpha=0.1, cal_indices=range(40))  # doctest: +SKIP
+    >>> per_class.lambda_hat(2), per_class.guarantee(2)                                  # doctest: +SKIP
+    """
+    return drive(iter_calibrate_per_class(data, method, **kwargs), progress, should_stop)
+
+
+def iter_evaluate_per_class(
+    data: Any,
+    calibrations: ClassCalibrations,
+    *,
+    test_indices: Iterable[int] | None = None,
+    n_samples: Sequence[int] = (10, 50, 100, 500, 1000),
+    seed: int = 0,
+    device: str | None = None,
+    check_identity: bool = True,
+    scheduler: Any = None,
+) -> Generator[Step, None, dict[str, Any]]:
+    """Metrics of a per-class calibration, each class on the test images that contain it.
+
+    Parameters
+    ----------
+    data, n_samples, seed, device, check_identity, scheduler
+        As in :func:`iter_evaluate`.
+    calibrations : ClassCalibrations
+        From :func:`calibrate_per_class` or :meth:`ClassCalibrations.load`.
+    test_indices : iterable of int, optional
+        Default: every image not used for calibration (every image for other data); each class is
+        evaluated on those of them whose ground truth contains it.
+
+    Returns
+    -------
+    dict
+        ``{"method", "alpha", "nu", "per_class": {"<label>": {"label", "name", "rule", "n_cal",
+        "lambda_hat", "n_test", "test_indices", "guarantee", "per_image": [...], "mean": {...}}}}``;
+        a full-set class is evaluated at its full-set λ.
+    """
+    from napari_conformal.core.metrics.segmentation import nanmean_metrics
+    from napari_conformal.core.per_class import ClassCalibrations
+    from napari_conformal.io.dataset import read_image
+
+    if not isinstance(calibrations, ClassCalibrations):
+        raise ParameterError(
+            f"calibrations must be a ClassCalibrations (ClassCalibrations.load(path)), got {type(calibrations).__name__}"
+        )
+    dataset = _dataset(data, {})
+    if not dataset.has_labels:
+        raise StoreValidationError("the data have no labels: evaluation needs ground truth")
+    same = calibrations.store.identity == dataset.identity()
+    if check_identity and not same:
+        where = calibrations.store.path or "in-memory arrays"
+        raise StoreValidationError(
+            f"these data are not the data this per-class calibration was made on ({where}): calibrate on them "
+            "first, or evaluate with check_identity=False (--other-data)"
+        )
+    pool = set(calibrations.cal_indices) if same else set()
+    if test_indices is None:
+        test = [i for i in range(dataset.n_images) if i not in pool]
+        if not test:
+            raise ParameterError("no test images: every image was used for calibration")
+    else:
+        test = _indices(test_indices, dataset.n_images, "test_indices")
+        overlap = sorted(pool.intersection(test))
+        if overlap:
+            raise ParameterError(f"test indices overlap the calibration images: {overlap[:10]}")
+    methods = {c: calibrations.build_method(c, device) for c in calibrations.classes}
+    for m in methods.values():
+        m.check_data(n_labels=dataset.n_labels, n_samples=dataset.n_samples, ndim=dataset.ndim)
+    present = yield from iter_map_images(lambda i: _present_labels(dataset, i), test, stage="labels")
+    tests_of = {c: [i for i, p in zip(test, present, strict=True) if c in p] for c in calibrations.classes}
+    total = sum(len(v) for v in tests_of.values())
+    done = 0
+    alpha, nu = calibrations.alpha, calibrations.nu
+    spacing = dataset.spacing
+    out: dict[str, Any] = {}
+    for c in calibrations.classes:
+        entry = calibrations[c]
+        m = methods[c]
+        ns = sorted({int(n) for n in n_samples}) if m.samples_members else []
+        cached = feature_cache_matches(dataset, m)
+
+        def one(
+            i: int, m: Any = m, ns: list[int] = ns, cached: bool = cached, lam: float = entry.lambda_hat
+        ) -> Any:
+            def run() -> dict[str, Any]:
+                image = read_image(dataset, i)
+                prepared = _prepare(m, dataset, image, cached)
+                return m.evaluate(
+                    prepared,
+                    image.label,
+                    lam,
+                    alpha=alpha,
+                    nu=nu,
+                    spacing=spacing,
+                    n_samples=ns,
+                    seed=seed + i,
+                )
+
+            return {"index": i, **_with_image(i, run)}
+
+        rows: list[dict[str, Any]] = []
+        if tests_of[c]:
+            gen = iter_map_images(one, tests_of[c], scheduler=scheduler)
+            try:
+                while True:
+                    step = next(gen)
+                    yield Step(done + step.done, total, "images")
+            except StopIteration as stop:
+                rows = stop.value
+            finally:
+                gen.close()
+        done += len(tests_of[c])
+        out[str(c)] = {
+            "label": c,
+            "name": entry.name,
+            "rule": entry.rule,
+            "n_cal": entry.n,
+            "lambda_hat": entry.lambda_hat,
+            "n_test": len(rows),
+            "test_indices": tests_of[c],
+            "guarantee": calibrations.guarantee(c),
+            "per_image": rows,
+            "mean": nanmean_metrics(rows) if rows else {},
+        }
+    return {
+        "method": calibrations.method,
+        "alpha": alpha,
+        "nu": nu,
+        "per_class_calibration": True,
+        "classes": list(calibrations.classes),
+        "per_class": out,
+    }
+
+
+def evaluate_per_class(
+    data: Any,
+    calibrations: ClassCalibrations,
+    *,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`iter_evaluate_per_class` with ``progress(done, total)`` and ``should_stop()`` callbacks."""
+    return drive(iter_evaluate_per_class(data, calibrations, **kwargs), progress, should_stop)

@@ -138,12 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_option_flag(cal, "any method option (repeatable), e.g. -o lambda_max=2")
     cal.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default auto)")
     cal.add_argument("--scheduler", help="run per-image work on dask.distributed: 'local' or an address")
+    _add_per_class_flags(cal)
     cal.add_argument("--out", required=True, help="output CALIB.json")
     cal.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
     ev = sub.add_parser("evaluate", help="evaluate a calibration on test images and write METRICS.json")
     ev.add_argument("store", help="path of the dataset store")
-    ev.add_argument("--calibration", required=True, help="CALIB.json written by 'calibrate'")
+    ev.add_argument("--calibration", required=True, help="CALIB.json (or a --per-class file) written by 'calibrate'")
     ev.add_argument("--test", help="test image indices (default: every image not used for calibration)")
     ev.add_argument(
         "--n-samples",
@@ -272,11 +273,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     check_output_file(args.out, args.store)
     options = _given_options(args, args.method)
+    _check_per_class_flags(args, options)
     store = _open_store(args.store)
     if args.cal is not None:
         cal, seed = parse_indices(args.cal, store.n_images), None
     else:
         (cal, _), seed = random_split(store.n_images, args.cal_fraction, args.seed), args.seed
+    if args.per_class:
+        return _calibrate_per_class(args, store, cal, seed, options)
     calibration = _run(
         iter_calibrate(
             store,
@@ -308,9 +312,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_conformal.io.indices import parse_indices
 
     check_output_file(args.out, args.store, args.calibration)
-    calibration = Calibration.load(args.calibration)
+    calibration = _load_calibration(args.calibration)
     store = _open_store(args.store)
     test = None if args.test is None else parse_indices(args.test, store.n_images)
+    if not isinstance(calibration, Calibration):
+        return _evaluate_per_class(args, store, calibration, test)
     report = _run(
         iter_evaluate(
             store,
@@ -330,6 +336,109 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.quiet:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in report["mean"].items() if isinstance(v, float))
         print(f"{calibration.method} on {report['n_test']} test images: {shown}; wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+# -- per-structure calibration (the work is in napari_conformal.api) ---------------------------------
+
+
+def _add_per_class_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("per-structure calibration (docs/algorithms.md#per-structure-guarantees)")
+    group.add_argument(
+        "--per-class",
+        action="store_true",
+        help="one lambda_hat per structure, each from the calibration images that contain it (a per-class file)",
+    )
+    group.add_argument("--classes", help="the structures, e.g. '1,2' (default: every foreground label)")
+    group.add_argument(
+        "--rare",
+        choices=("refuse", "full"),
+        help="a structure in fewer than ceil(1/alpha) - 1 calibration images: refuse (default) or full set",
+    )
+
+
+def _check_per_class_flags(args: argparse.Namespace, options: dict[str, Any]) -> None:
+    """Refuse per-class flags without ``--per-class``, and a structure option with it, before any work."""
+    from napari_conformal.core.methods.base import method_class
+
+    if not args.per_class:
+        given = [flag for flag, value in (("--classes", args.classes), ("--rare", args.rare)) if value is not None]
+        if given:
+            raise UsageError(f"{given[0]} needs --per-class")
+        return
+    option = method_class(args.method).structure_option
+    if option is None:
+        raise UsageError(f"--per-class: method {args.method!r} has no structure option")
+    if option in options:
+        flag = "--" + option.replace("_", "-")
+        raise UsageError(f"--per-class sets {flag} to each structure itself; leave {flag} out")
+    if args.classes is not None:
+        items = [t.strip() for t in args.classes.split(",")]
+        if not all(t.isdigit() for t in items):
+            raise UsageError(f"--classes expects labels such as '1,2', got {args.classes!r}")
+        args.classes = [int(t) for t in items]
+
+
+def _calibrate_per_class(
+    args: argparse.Namespace, store: Any, cal: list[int], seed: int | None, options: dict[str, Any]
+) -> int:
+    from napari_conformal.api import iter_calibrate_per_class
+
+    result = _run(
+        iter_calibrate_per_class(
+            store,
+            args.method,
+            alpha=args.alpha,
+            nu=args.nu,
+            classes=args.classes,
+            rare=args.rare or "refuse",
+            cal_indices=cal,
+            device=args.device,
+            scheduler=args.scheduler,
+            split_seed=seed,
+            **options,
+        ),
+        "calibrating per structure",
+        args.quiet,
+    )
+    result.save(args.out)
+    if not args.quiet:
+        lines = "".join(f"\n  {line}" for line in result.summary())
+        print(f"{args.method}, one lambda_hat per structure at alpha = {result.alpha:g}:{lines}", file=sys.stderr)
+        print(f"Wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _load_calibration(path: str) -> Any:
+    from napari_conformal.core.per_class import load_calibration_file
+
+    return load_calibration_file(path)
+
+
+def _evaluate_per_class(args: argparse.Namespace, store: Any, calibrations: Any, test: list[int] | None) -> int:
+    from napari_conformal.api import iter_evaluate_per_class
+
+    report = _run(
+        iter_evaluate_per_class(
+            store,
+            calibrations,
+            test_indices=test,
+            n_samples=args.n_samples,
+            seed=args.seed,
+            device=args.device,
+            check_identity=not args.other_data,
+            scheduler=args.scheduler,
+        ),
+        "evaluating per structure",
+        args.quiet,
+    )
+    report["calibration"] = str(Path(args.calibration).resolve())
+    write_json_atomic(args.out, report)
+    if not args.quiet:
+        for c, part in report["per_class"].items():
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in part["mean"].items() if isinstance(v, float))
+            print(f"  structure {c}: {part['n_test']} test images: {shown or 'none'}", file=sys.stderr)
+        print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 

@@ -51,7 +51,14 @@ def test_registered_and_params_are_json(method) -> None:
     assert method.name == "consign" and method.uses_nu and method.k == 3 and method.samples_members
     assert method.batch_curves
     params = json.loads(json.dumps(method.params()))
-    assert params == {"k": 3, "quantile_level": None, "lambda_max": 3.0, "nu_max": None, "search": SEARCH}
+    assert params == {
+        "k": 3,
+        "quantile_level": None,
+        "lambda_max": 3.0,
+        "nu_max": None,
+        "search": SEARCH,
+        "structure": None,
+    }
     again = make_method("consign", **params)
     assert again.params() == method.params()
     with pytest.raises(ParameterError, match=r"unknown CONSIGN search options \['warp'\]"):

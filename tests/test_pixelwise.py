@@ -526,10 +526,10 @@ def test_bad_image_label_and_lambda():
 def test_bad_method_arguments():
     # α and ν are arguments of the steps, never options
     with pytest.raises(
-        ParameterError, match=r"method 'aps' has no option 'alpha' \(its options: randomized, seed\)"
+        ParameterError, match=r"method 'aps' has no option 'alpha' \(its options: randomized, seed, structure\)"
     ):
         make_method("aps", alpha=0.1)
-    with pytest.raises(ParameterError, match=r"method 'lac' has no option 'nu' \(its options: none\)"):
+    with pytest.raises(ParameterError, match=r"method 'lac' has no option 'nu' \(its options: structure\)"):
         make_method("lac", nu=0.8)
     lac = make_method("lac")
     with pytest.raises(ParameterError, match=r"nu .* is required"):
@@ -561,6 +561,7 @@ def test_registration_and_params():
     assert make_method("raps").params() == {
         "reg_weight": 0.05,
         "k_reg": None,
+        "structure": None,
     }
     assert make_method("aps", randomized=True, seed=4).params()["randomized"] is True
     for name in ("aps", "raps", "lac", "sacp"):  # params() rebuild an equal method

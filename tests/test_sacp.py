@@ -134,6 +134,7 @@ def test_anisotropic_size_and_params():
         "weight": None,  # unset: the variant's default (0.3 consign, 0.5 liu), resolved at scoring
         "size": [1, 7, 7],
         "mode": "reflect",
+        "structure": None,
     }
     json.dumps(params)
     assert make_method("sacp", **params).params() == params

@@ -8,6 +8,12 @@ inputs are generated from its options spec (:class:`~napari_conformal.core.metho
 *Load calibration…* reads a saved ``CALIB.json`` (:meth:`~napari_conformal.core.calibration.Calibration.load`)
 and opens its store. Either way the result is published into the viewer's shared workspace
 (:class:`napari_conformal.explore.workspace.Workspace`), where the explorer docks pick it up.
+
+*Per structure* (docs/algorithms.md#per-structure-guarantees): with "one calibrated λ per structure" checked,
+Run calibrates each foreground class on the calibration images that contain it
+(:func:`napari_conformal.api.iter_calibrate_per_class`); the λ̂ of every structure is listed, the
+structure chooser publishes that structure's calibration (with the test images that contain it),
+and *Save…* writes the per-class file, which *Load calibration…* reads back too.
 """
 
 from __future__ import annotations
@@ -186,6 +192,10 @@ class CalibrationWidget(QWidget):
         self._started = 0.0
         self._tabbed = False
         self._known_stores: list[str] = []
+        #: the last per-structure calibration run or loaded here (ClassCalibrations), with its store and test images
+        self.class_calibrations: Any = None
+        self._per_class_data: tuple[Any, list[int] | None] | None = None
+        per_class_box = self._build_per_class_box()
 
         form = QFormLayout()
         form.addRow("Store", store_row)
@@ -220,6 +230,7 @@ class CalibrationWidget(QWidget):
         layout = QVBoxLayout(content)
         layout.addLayout(form)
         layout.addWidget(options_box)
+        layout.addWidget(per_class_box)
         layout.addLayout(split)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
@@ -258,6 +269,10 @@ class CalibrationWidget(QWidget):
             self.seed_spin,
             self.device_combo,
             self.load_button,
+            self.per_class_check,
+            self.rare_full_check,
+            self.structure_combo,
+            self.save_button,
         ]
 
     @property
@@ -286,6 +301,7 @@ class CalibrationWidget(QWidget):
             return
         self.option_stack.setCurrentIndex(self.method_combo.currentIndex())
         self.nu_spin.setEnabled(self._method_class(self.method_name).uses_nu)
+        self._per_class_toggled()
 
     def layer_stores(self) -> list[tuple[str, str]]:
         """``(layer name, store path)`` of the first layer of each store the viewer shows, in layer order.
@@ -386,21 +402,40 @@ class CalibrationWidget(QWidget):
             seed = None if split else req["seed"]
             cal, test = split or random_split(store.n_images, req["fraction"], req["seed"])
             method = self._method_class(req["method"])
+            per_class = self.per_class_check.isChecked()
+            if per_class:  # the structure is set per class: the structure input does not apply
+                req["options"].pop(method.structure_option or "", None)
             method(**req["options"]).check_levels(req["alpha"], req["nu"])  # fail here, not in the worker
         except (ConformalError, OSError) as exc:
             self._error(exc)
             return
-        gen_fn = thread_worker(iter_calibrate, start_thread=False, ignore_errors=True)  # errors: see _error
-        worker = gen_fn(
-            store,
-            req["method"],
-            alpha=req["alpha"],
-            nu=req["nu"],
-            cal_indices=cal,
-            device=req["device"],
-            split_seed=seed,
-            **req["options"],
-        )
+        if per_class:
+            from napari_conformal.api import iter_calibrate_per_class
+
+            gen_fn = thread_worker(iter_calibrate_per_class, start_thread=False, ignore_errors=True)
+            worker = gen_fn(
+                store,
+                req["method"],
+                alpha=req["alpha"],
+                nu=req["nu"],
+                rare="full" if self.rare_full_check.isChecked() else "refuse",
+                cal_indices=cal,
+                device=req["device"],
+                split_seed=seed,
+                **req["options"],
+            )
+        else:
+            gen_fn = thread_worker(iter_calibrate, start_thread=False, ignore_errors=True)  # errors: see _error
+            worker = gen_fn(
+                store,
+                req["method"],
+                alpha=req["alpha"],
+                nu=req["nu"],
+                cal_indices=cal,
+                device=req["device"],
+                split_seed=seed,
+                **req["options"],
+            )
         self._progress = ProgressFeed(f"Calibrating {method.title or req['method']}", total=len(cal))
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda calibration: self._on_done(calibration, store, test))
@@ -443,12 +478,19 @@ class CalibrationWidget(QWidget):
         self.progress_bar.setValue(min(done, total))
         elapsed = time.monotonic() - self._started
         what = "images read and prepared" if stage == "images" else f"{stage} (calibration search)"
+        if stage == "labels":
+            what = "labels read (which images hold each structure)"
         left = ""
         if stage == "images" and 0 < done < total:
             left = f" · about {elapsed * (total - done) / done:.0f} s left"
         self.progress_label.setText(f"{what}: {done} / {total}{left}")
 
     def _on_done(self, calibration: Any, store: Any, test: list[int]) -> None:
+        from napari_conformal.core.per_class import ClassCalibrations
+
+        if isinstance(calibration, ClassCalibrations):
+            self._show_per_class(calibration, store, test)
+            return
         self.calibration = calibration
         self._publish(calibration, store, test)
 
@@ -574,12 +616,12 @@ class CalibrationWidget(QWidget):
         """
         from pathlib import Path
 
-        from napari_conformal.core.calibration import Calibration
+        from napari_conformal.core.per_class import ClassCalibrations, load_calibration_file
         from napari_conformal.errors import ConformalError
         from napari_conformal.io.store import open_store
 
         try:
-            calibration = Calibration.load(path)
+            calibration = load_calibration_file(path)
             candidates = [calibration.store.path, self.store_edit.text().strip()]
             where = next((c for c in candidates if c and Path(c).is_dir()), None)
             if where is None:
@@ -596,6 +638,118 @@ class CalibrationWidget(QWidget):
             self._error(exc)
             return False
         self.store_edit.setText(str(store.path))
+        if isinstance(calibration, ClassCalibrations):
+            self._show_per_class(calibration, store, None)
+            return True
         self.calibration = calibration
         self._publish(calibration, store, None)
+        return True
+
+    # -- per structure ---------------------------------------------------------------------------------
+
+    def _build_per_class_box(self) -> QGroupBox:
+        box = QGroupBox("Per structure")
+        self.per_class_check = QCheckBox("one calibrated λ per structure")
+        self.per_class_check.setToolTip(
+            "calibrate every foreground structure on the calibration images that contain it: each gets its "
+            "own guarantee, for new images that contain it"
+        )
+        self.rare_full_check = QCheckBox("rare structures get the full set")
+        self.rare_full_check.setToolTip(
+            "a structure in fewer than ⌈1/α⌉ − 1 calibration images is refused; checked, it gets the full "
+            "set instead (methods that have one: CRC, RW-CP, LAC)"
+        )
+        self.structure_combo = QComboBox()
+        self.structure_combo.setToolTip("the structure whose calibration the explorers show")
+        self.structure_combo.activated.connect(lambda _pos: self.show_structure(self.structure_combo.currentData()))
+        self.per_class_label = QLabel()
+        self.per_class_label.setWordWrap(True)
+        self.save_button = QPushButton("Save…")
+        self.save_button.setToolTip("write the per-structure calibration file (Load calibration… reads it)")
+        self.save_button.clicked.connect(self._save_dialog)
+        self.per_class_check.toggled.connect(self._per_class_toggled)
+        form = QFormLayout(box)
+        form.addRow(self.per_class_check)
+        form.addRow(self.rare_full_check)
+        form.addRow("Show", self.structure_combo)
+        form.addRow(self.per_class_label)
+        form.addRow(self.save_button)
+        self._set_per_class_result(None)
+        return box
+
+    def _per_class_toggled(self, *_: Any) -> None:
+        if not hasattr(self, "per_class_check"):
+            return
+        idle = self.worker is None
+        on = self.per_class_check.isChecked()
+        self.rare_full_check.setEnabled(on and idle)
+        has_result = self.class_calibrations is not None and idle
+        self.structure_combo.setEnabled(has_result)
+        self.save_button.setEnabled(has_result)
+        if idle:
+            for name, inputs in self.option_inputs.items():
+                widget = inputs.get(self._method_class(name).structure_option or "")
+                if widget is not None:
+                    widget.setEnabled(not on)  # set per structure
+
+    def _set_per_class_result(self, result: Any) -> None:
+        self.class_calibrations = result
+        self.structure_combo.clear()
+        if result is None:
+            self.per_class_label.setText("")
+            self._per_class_toggled()
+            return
+        for entry in result.entries:
+            text = entry.title + (" (full set)" if entry.full_set else f": λ = {entry.lambda_hat:.5g}")
+            self.structure_combo.addItem(text, entry.label)
+            if entry.full_set:  # nothing to show: no calibration
+                self.structure_combo.model().item(self.structure_combo.count() - 1).setEnabled(False)
+        self.per_class_label.setText("\n".join(result.summary()))
+        self._per_class_toggled()
+
+    def _show_per_class(self, result: Any, store: Any, test: list[int] | None) -> None:
+        self._per_class_data = (store, test)
+        self._set_per_class_result(result)
+        first = next((e.label for e in result.entries if not e.full_set), None)
+        if first is not None:
+            self.show_structure(first)
+        else:
+            self.status.setText("Every structure got the full set: nothing to calibrate. " + " ".join(result.summary()))
+
+    def show_structure(self, label: int) -> None:
+        """Publish the calibration of structure ``label`` (with the test images that contain it)."""
+        if self.class_calibrations is None or self._per_class_data is None or label is None:
+            return
+        store, test = self._per_class_data
+        result = self.class_calibrations
+        calibration = result.calibration(int(label))
+        pool = set(result.cal_indices)
+        candidates = [i for i in range(store.n_images) if i not in pool] if test is None else list(test)
+        with_it = [i for i in candidates if bool((store.label(i) == int(label)).any())]
+        self.calibration = calibration
+        pos = self.structure_combo.findData(int(label))
+        if pos >= 0:
+            self.structure_combo.setCurrentIndex(pos)
+        self._publish(calibration, store, with_it)
+        self.status.setText(
+            f"{result[int(label)].title} (its guarantee is for new images that contain it): {self.status.text()}"
+        )
+
+    def _save_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the per-structure calibration", "", "Calibration (*.json)")
+        if path:
+            self.save_per_class(path)
+
+    def save_per_class(self, path: str) -> bool:
+        """Write the per-structure calibration to ``path`` (atomically); errors become a notification."""
+        from napari_conformal.errors import ConformalError
+
+        if self.class_calibrations is None:
+            return False
+        try:
+            self.class_calibrations.save(path)
+        except (ConformalError, OSError) as exc:
+            self._error(exc)
+            return False
+        self.status.setText(f"Saved the per-structure calibration to {path}.")
         return True

@@ -75,11 +75,13 @@ def iter_decided_curves(
     quantile_level: float | None = None,
     config: SearchConfig | None = None,
     should_stop: ShouldStop | None = None,
+    counted: Sequence[int] | None = None,
 ) -> Generator[Step, None, CurveSet]:
     """The batched coverage search of a calibration set, until λ̂(α, ν') is decided for every ν' ≤ ν.
 
     One search at the box of α's quantile level (q = α/2 unless ``quantile_level`` fixes it), run
     block by block and stopped by :func:`decided_rule`; the check ``n ≥ ⌈1/α⌉ − 1`` comes first.
+    ``counted`` restricts the label-wise accuracy to those labels (see :class:`~.search.CoverageSearch`).
 
     Yields
     ------
@@ -95,7 +97,7 @@ def iter_decided_curves(
     q = quantile_level_for(alpha, quantile_level)
     base = config if config is not None else SearchConfig()
     cfg = SearchConfig(**{**base.__dict__, "nu_max": float(nu)})
-    search = CoverageSearch(bases, labels, make_box(list(bases), q), cfg)
+    search = CoverageSearch(bases, labels, make_box(list(bases), q), cfg, labels=counted)
     yield from search.iter_run(nu_max=float(nu), stop_when=decided_rule(search, alpha, float(nu)), should_stop=should_stop)
     return search.curves()
 

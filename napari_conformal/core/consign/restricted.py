@@ -28,6 +28,11 @@ exp(−margin/τ), and they carry no gradient)::
 The gradient is computed in closed form (batched matrix products per pixel chunk, summed in order), not by
 autograd.
 
+**Counted labels** (a per-structure guarantee, docs/algorithms.md#per-structure-guarantees):
+with ``counted`` only the labels of K enter ``𝓛(Y)``. Their counts n_l and fixed hits are kept,
+the others' are zeroed, and so is the weight of their pixels (which, unlike an absent label's, do
+exist); with K = {c} the accuracy is the recall of structure c.
+
 A :class:`RestrictedBatch` holds B images' free pixels padded to a common
 length P, label-major (``view(B, L, P)``), so one batched matrix product
 scores S coefficient vectors of every image at once.
@@ -73,11 +78,11 @@ class RestrictedBatch:
     onehot : Tensor, shape (B, P, L), float64
         One-hot of ``truth`` (zero rows on padding).
     weight : Tensor, shape (B, P), float64
-        ``1/(|𝓛(Y)| n_{Y_p})`` (0 on padding).
+        ``1/(|𝓛(Y)| n_{Y_p})`` (0 on padding and on pixels of uncounted labels).
     fixed_hits : Tensor of int64, shape (B, L)
-        Correct fixed pixels per label.
+        Correct fixed pixels per label (0 for uncounted labels).
     counts : Tensor of int64, shape (B, L)
-        n_l, pixels of label l in Y.
+        n_l, pixels of label l in Y (0 for uncounted labels: they are not in 𝓛(Y)).
     """
 
     mean: torch.Tensor
@@ -185,10 +190,8 @@ class RestrictedBatch:
         return hard, soft, grad
 
     def _exact_weight(self) -> torch.Tensor:
-        """Per-pixel accuracy weights ``1/(|𝓛(Y)| n_{Y_p})`` in float64 (0 on padding)."""
-        present = (self.counts > 0).sum(dim=1, keepdim=True).clamp_min(1)
-        per_label = 1.0 / (present * self.counts.clamp_min(1)).to(torch.float64)
-        return (self.onehot.to(torch.float64) * per_label[:, None, :]).sum(dim=2)
+        """Per-pixel accuracy weights ``1/(|𝓛(Y)| n_{Y_p})``, float64 (0 on padding and uncounted labels)."""
+        return (self.onehot.to(torch.float64) * _per_label_weight(self.counts)[:, None, :]).sum(dim=2)
 
     def coordinate_sweep(
         self,
@@ -282,11 +285,23 @@ class RestrictedBatch:
         return out
 
 
+def _per_label_weight(counts: torch.Tensor) -> torch.Tensor:
+    """``1/(|𝓛(Y)| n_l)`` per image and label (B, L) float64, 0 where n_l = 0.
+
+    The zero matters for uncounted labels, whose pixels exist (their n_l was zeroed); an absent
+    label has no pixel, so its weight multiplies only zeros and the value there is immaterial.
+    """
+    present = (counts > 0).sum(dim=1, keepdim=True).clamp_min(1)
+    per_label = 1.0 / (present * counts.clamp_min(1)).to(torch.float64)
+    return torch.where(counts > 0, per_label, torch.zeros_like(per_label))
+
+
 def build_restricted_batch(
     bases: Sequence[ImageBasis],
     truths: Sequence[torch.Tensor],
     free: Sequence[torch.Tensor],
     centre_labels: Sequence[torch.Tensor],
+    counted: torch.Tensor | None = None,
 ) -> RestrictedBatch:
     """Gather the free pixels of B images into a padded batch.
 
@@ -300,6 +315,9 @@ def build_restricted_batch(
         Free pixels (label can change in the box).
     centre_labels : sequence of Tensor of int64, each (P_i,)
         Label of every member at the fixed pixels (the centre label).
+    counted : Tensor of bool, shape (L,), optional
+        The counted labels K (None: every label). Pixels of uncounted labels may be left out of
+        ``free``: they carry no weight.
     """
     n_labels, k = bases[0].n_labels, bases[0].k
     dev = bases[0].device
@@ -320,10 +338,12 @@ def build_restricted_batch(
         valid[j, :n] = True
         counts[j] = torch.bincount(y, minlength=n_labels)[:n_labels]
         fixed_hits[j] = torch.bincount(y[(~f) & (lab == y)], minlength=n_labels)[:n_labels]
+    if counted is not None:
+        keep = counted.to(device=dev, dtype=torch.bool)[None, :]
+        counts = torch.where(keep, counts, torch.zeros_like(counts))
+        fixed_hits = torch.where(keep, fixed_hits, torch.zeros_like(fixed_hits))
     onehot = torch.nn.functional.one_hot(truth, n_labels).to(torch.float64) * valid[:, :, None]
-    present = (counts > 0).sum(dim=1, keepdim=True).clamp_min(1)
-    per_label = 1.0 / (present * counts.clamp_min(1)).to(torch.float64)  # (B, L)
-    weight = (onehot * per_label[:, None, :]).sum(dim=2)
+    weight = (onehot * _per_label_weight(counts)[:, None, :]).sum(dim=2)
     return RestrictedBatch(
         mean.view(b, n_labels * width),
         directions.view(b, k, n_labels * width),

@@ -37,6 +37,11 @@ it for every λ and ν at once, for many images in one batch
    decided: the others' λ_i lie beyond every searched box; see
    :class:`~.curves.CurveSet`).
 
+``labels=K`` (counted labels) makes the search maximise the label-wise accuracy over the labels of
+K only (``K = {c}``: the recall of structure c, docs/algorithms.md#per-structure-guarantees);
+pixels of other labels are never scored (they carry no weight), and an image whose ground truth
+has no pixel of K is refused.
+
 Each image's search depends only on that image (a shared seeded design, no
 cross-image coupling), so calibration and test images are treated alike and
 the conformal guarantee holds for the search's own membership test, which is
@@ -58,7 +63,7 @@ from napari_conformal.core.consign.curves import CoverageCurve, CurveSet
 from napari_conformal.core.consign.intervals import flip_lambda
 from napari_conformal.core.consign.restricted import RestrictedBatch, build_restricted_batch
 from napari_conformal.core.progress import Step, check_stop
-from napari_conformal.errors import CalibrationError, StoreValidationError
+from napari_conformal.errors import CalibrationError, ConformalError, StoreValidationError
 
 __all__ = ["CoverageSearch", "SearchConfig", "lambda_grid", "search_curves"]
 
@@ -199,6 +204,10 @@ def _accuracy_at(st: _ImageState, lam: float) -> float:
     return best
 
 
+def _counted_words(labels: Sequence[int]) -> str:
+    return f"structure {labels[0]}" if len(labels) == 1 else f"labels {', '.join(map(str, labels))}"
+
+
 def _check_truth(truth: np.ndarray | torch.Tensor, basis: ImageBasis, index: int) -> torch.Tensor:
     y = truth if isinstance(truth, torch.Tensor) else torch.from_numpy(np.asarray(truth))
     if tuple(y.shape) != basis.spatial_shape:
@@ -231,6 +240,14 @@ class CoverageSearch:
         Box family of shape (n, K) (:func:`~.box.make_box` on the bases).
     config : SearchConfig
         Search parameters.
+    labels : sequence of int, optional
+        Counted labels K of the label-wise accuracy (None: every label present).
+
+    Raises
+    ------
+    CalibrationError
+        Among others: with ``labels``, an image whose ground truth has none of them (naming its
+        position in ``bases``).
     """
 
     def __init__(
@@ -239,7 +256,11 @@ class CoverageSearch:
         truths: Sequence[np.ndarray | torch.Tensor],
         box: CoefficientBox,
         config: SearchConfig | None = None,
+        *,
+        labels: Sequence[int] | None = None,
     ) -> None:
+        from napari_conformal.core.metrics.accuracy import check_counted
+
         self.config = config if config is not None else SearchConfig()
         if len(bases) == 0:
             raise CalibrationError("the coverage search needs at least one image")
@@ -256,11 +277,27 @@ class CoverageSearch:
         self.quantile_level = box.quantile_level
         self.grid = lambda_grid(self.config)
         self.device = bases[0].device
+        try:
+            self.labels = check_counted(labels, n_labels)
+        except ConformalError as exc:
+            raise CalibrationError(str(exc)) from None
+        self._counted: torch.Tensor | None = None
+        if self.labels is not None:
+            self._counted = torch.zeros(n_labels, dtype=torch.bool, device=self.device)
+            self._counted[list(self.labels)] = True
         self.states: list[_ImageState] = []
         for i, (basis, truth) in enumerate(zip(bases, truths, strict=True)):
             y = _check_truth(truth, basis, i)
             sub = box[i]
             centre_label, flip = flip_lambda(basis, sub)
+            if self._counted is not None:
+                mine = self._counted[y]
+                if not bool(mine.any()):
+                    raise CalibrationError(
+                        f"the ground truth of image {i} has no pixel of {_counted_words(self.labels)}: its "
+                        "label-wise accuracy restricted to it is undefined; leave the image out"
+                    )
+                flip = torch.where(mine, flip, torch.full_like(flip, math.inf))  # never scored: no weight
             onehot = torch.nn.functional.one_hot(y.view(-1), n_labels).T.reshape(-1).to(torch.float32)
             gt = (basis.directions @ (onehot - basis.mean)).to(torch.float64)
             self.states.append(
@@ -406,6 +443,7 @@ class CoverageSearch:
             [s.truth for s in sts],
             [s.flip <= lam for s in sts],
             [s.centre_label for s in sts],
+            self._counted,
         )
 
     def _boxes(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -670,8 +708,9 @@ def search_curves(
     *,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    labels: Sequence[int] | None = None,
 ) -> CurveSet:
     """Run a :class:`CoverageSearch` to its end (every image past ``nu_max`` or λ_max); return its curves."""
-    search = CoverageSearch(bases, truths, box, config)
+    search = CoverageSearch(bases, truths, box, config, labels=labels)
     search.run(progress=progress, should_stop=should_stop)
     return search.curves()

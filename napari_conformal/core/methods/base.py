@@ -243,6 +243,11 @@ class ConformalMethod(ABC, Generic[P, C, S]):
     uses_device: ClassVar[bool] = False
     #: the ``k`` option where a method has one (CONSIGN's K, RW-CP's neighbours); written as ``k`` in CALIB.json
     k: int | None = None
+    #: the option that picks the one structure (label) the guarantee is about: ``"fg_class"`` for the
+    #: threshold methods (one-vs-rest), ``"structure"`` for the label-wise methods (None there: every
+    #: label present counts); None when the method has no such option. Per-structure calibration
+    #: (:mod:`napari_conformal.core.per_class`) sets it to each class in turn.
+    structure_option: ClassVar[str | None] = None
 
     def __init__(self, *, device: str | None = None, **options: Any) -> None:
         spec = {o.name: o for o in self.options}
@@ -404,6 +409,14 @@ class ConformalMethod(ABC, Generic[P, C, S]):
     def check_data(self, *, n_labels: int, n_samples: int, ndim: int) -> None:
         """Refuse data the options cannot apply to (e.g. K ≥ T, a foreground class ≥ L), before any work."""
 
+    def check_truth(self, label: np.ndarray) -> None:
+        """Refuse a ground truth ``(*S)`` the calibration statistic is undefined on, as it is read.
+
+        Batch methods (CONSIGN) compute their curves after every image is read; this check lets the
+        reader name the image. By default nothing is refused; with a ``structure`` set, the
+        label-wise methods refuse a ground truth without it.
+        """
+
     def check_lambda(self, lambda_hat: float) -> float:
         """A λ̂ read from a file, checked against what the method can produce."""
         from napari_conformal.core.validation import check_lambda
@@ -412,6 +425,22 @@ class ConformalMethod(ABC, Generic[P, C, S]):
 
     def lambda_limit(self) -> float | None:
         """The largest λ the method can calibrate to (None: unbounded)."""
+        return None
+
+    @property
+    def target_structure(self) -> int | None:
+        """The structure the guarantee is about (the :attr:`structure_option`'s value; None: every label)."""
+        return None if self.structure_option is None else getattr(self, self.structure_option)
+
+    def full_set_lambda(self) -> float | None:
+        """A λ whose set provably covers every ground truth (the trivial "full set"), or None.
+
+        What a structure too rare to calibrate can fall back on (:mod:`napari_conformal.core.per_class`):
+        threshold methods keep every pixel at λ = 1; LAC keeps every label of every pixel at λ = 1.
+        None where no λ the method records is sure to hold everything (APS-type scores can exceed 1
+        by the samples' rounding, RAPS is unbounded, Consema dilates a possibly empty prediction,
+        CONSIGN's box at ``lambda_max`` need not reach the truth).
+        """
         return None
 
     def params(self) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from scipy import ndimage
 
 from napari_conformal.core.arrays_json import decode_array, encode_array
 from napari_conformal.core.methods.base import ConformalMethod, Option, register
-from napari_conformal.core.methods.threshold import FG_CLASS, percent
+from napari_conformal.core.methods.threshold import FG_CLASS, percent, structure_words
 from napari_conformal.core.quantiles import order_statistic_lambda_hat
 from napari_conformal.core.scores.probabilities import foreground_probability
 from napari_conformal.core.validation import check_alpha, check_fg_class, check_label, exact_fraction
@@ -202,6 +202,7 @@ class ConsemaMethod(ConformalMethod[ConsemaPrepared, ConsemaCurve, np.ndarray]):
             label="max dilations", minimum=1, optional=True,
         ),
     )
+    structure_option: ClassVar[str | None] = "fg_class"
     tau: float | None
     fg_class: int
     footprint: str
@@ -315,7 +316,7 @@ class ConsemaMethod(ConformalMethod[ConsemaPrepared, ConsemaCurve, np.ndarray]):
         a = check_alpha(alpha)
         return (
             f"With probability ≥ {percent(1 - a)}, the set covers at least {percent(float(self.tau_at(a)))} "
-            "of the structure."
+            f"of {structure_words(self.fg_class)}."
         )
 
     def lambda_note(self, lambda_hat: float, *, alpha: float, nu: float | None = None) -> str | None:

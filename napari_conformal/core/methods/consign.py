@@ -27,11 +27,15 @@ Metrics of ``evaluate`` (one test image):
 ``dice``
     Mean Dice over the foreground labels present in the ground truth, of the box-centre member
     ``P(μ + Σ m_k u_k)`` (the member the explorer's sliders start from); NaN without foreground.
+    With the ``structure`` option set, the Dice of that structure alone.
 ``uncertain_fraction``
     Fraction of pixels whose label is not the same in every member.
 ``chao1``, ``chao1_classical``, ``sec``, ``correlation``, ``correlation_offdiag``
     From :func:`napari_conformal.core.metrics.diversity.diversity_curves` on N members drawn
     uniformly from the box, keyed by ``str(N)``.
+
+With ``structure`` set, the label-wise accuracy of the search, of ``covered``, ``best_accuracy``
+and SEC counts that label only (its recall; docs/algorithms.md#per-structure-guarantees).
 
 ``coverage``, ``stretch``, ``assd`` and ``hd95`` are absent: they are defined for pixel sets, and a
 CONSIGN set is a set of segmentations.
@@ -56,10 +60,10 @@ from napari_conformal.core.consign.members import ConsignSet, sample_members, se
 from napari_conformal.core.consign.search import CoverageSearch, SearchConfig
 from napari_conformal.core.device import resolve_device
 from napari_conformal.core.methods.base import ConformalMethod, Option, register
-from napari_conformal.core.methods.pixelwise import membership_guarantee
+from napari_conformal.core.methods.pixelwise import STRUCTURE, check_structure_present, membership_guarantee
 from napari_conformal.core.metrics.accuracy import AccuracyCurve
 from napari_conformal.core.progress import Step
-from napari_conformal.core.validation import check_alpha, check_k, check_nu, check_samples
+from napari_conformal.core.validation import check_alpha, check_fg_class, check_k, check_nu, check_samples
 from napari_conformal.errors import CalibrationError, CalibrationFileError, ParameterError
 
 __all__ = ["ConsignCurve", "ConsignMethod", "CurvesPending"]
@@ -136,7 +140,10 @@ class ConsignMethod(ConformalMethod[ImageBasis, ConsignCurve, ConsignSet]):
             label="ν max", minimum=0.0, maximum=0.999, optional=True,
         ),
         Option("search", "json", None, "coverage-search settings, e.g. {\"starts\": 4}", optional=True),
+        STRUCTURE,
     )
+    structure_option: ClassVar[str | None] = "structure"
+    structure: int | None
     k: int
     quantile_level: float | None
     lambda_max: float
@@ -160,6 +167,11 @@ class ConsignMethod(ConformalMethod[ImageBasis, ConsignCurve, ConsignSet]):
         self.config(0.0)  # validates the search options
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    @property
+    def counted(self) -> tuple[int, ...] | None:
+        """The counted labels of the accuracy: ``(structure,)``, or None for every label present."""
+        return None if self.structure is None else (int(self.structure),)
 
     def config(self, nu: float) -> SearchConfig:
         """The search settings for a run that must answer every ν' ≤ ν (and ≤ ``nu_max``)."""
@@ -208,7 +220,9 @@ class ConsignMethod(ConformalMethod[ImageBasis, ConsignCurve, ConsignSet]):
         if alpha is None:
             raise ParameterError("CONSIGN curves depend on alpha (the box quantile level q = alpha/2)")
         q = self.q(alpha)
-        search = CoverageSearch([prepared], [label], make_box([prepared], q), self.config(nu or 0.0))
+        search = CoverageSearch(
+            [prepared], [label], make_box([prepared], q), self.config(nu or 0.0), labels=self.counted
+        )
         search.run()
         return ConsignCurve((search.curves().curves[0],))
 
@@ -238,6 +252,7 @@ class ConsignMethod(ConformalMethod[ImageBasis, ConsignCurve, ConsignSet]):
             quantile_level=self.q(alpha),
             config=self.config(nu),
             should_stop=should_stop,
+            counted=self.counted,
         )
         base = list(previous) if previous is not None else [ConsignCurve(()) for _ in prepared]
         return [old.with_level(new) for old, new in zip(base, curve_set.curves, strict=True)]
@@ -281,14 +296,22 @@ class ConsignMethod(ConformalMethod[ImageBasis, ConsignCurve, ConsignSet]):
         """Membership of many test images at λ̂: one batched search up to λ̂ (the calibration's procedure)."""
         nu = check_nu(nu)
         lam = float(lambda_hat)
-        search = CoverageSearch(list(prepared), list(labels), make_box(list(prepared), self.q(alpha)), self.config(nu))
+        search = CoverageSearch(
+            list(prepared),
+            list(labels),
+            make_box(list(prepared), self.q(alpha)),
+            self.config(nu),
+            labels=self.counted,
+        )
         yield from search.iter_run(until_lambda=lam, until_nu=nu, should_stop=should_stop)
         return [float(search.accuracy_at(j, lam) > nu) for j in range(search.n)]
 
     def covered(self, prepared: ImageBasis, label: np.ndarray, lambda_hat: float, *, alpha: float, nu: float) -> float:
         """acc*(λ̂) found by the calibration's search procedure for this image (covered iff > ν)."""
         nu = check_nu(nu)
-        search = CoverageSearch([prepared], [label], make_box([prepared], self.q(alpha)), self.config(nu))
+        search = CoverageSearch(
+            [prepared], [label], make_box([prepared], self.q(alpha)), self.config(nu), labels=self.counted
+        )
         search.run(until_lambda=float(lambda_hat), until_nu=nu)
         return search.accuracy_at(0, float(lambda_hat))
 
@@ -313,7 +336,7 @@ class ConsignMethod(ConformalMethod[ImageBasis, ConsignCurve, ConsignSet]):
         the_set = self.predict(prepared, lambda_hat, alpha=alpha)
         best = self.covered(prepared, truth, lambda_hat, alpha=alpha, nu=nu)
         centre = segment(prepared, the_set.box.centre).cpu().numpy()
-        fg = [lab for lab in np.unique(truth) if lab != 0]
+        fg = [lab for lab in np.unique(truth) if lab != 0] if self.structure is None else [self.structure]
         dices = [dice(centre == lab, truth == lab) for lab in fg]
         out: dict[str, Any] = {
             "covered": int(best > nu),
@@ -326,7 +349,9 @@ class ConsignMethod(ConformalMethod[ImageBasis, ConsignCurve, ConsignSet]):
             def draw(n: int, rng: np.random.Generator) -> np.ndarray:
                 return sample_members(prepared, the_set.box, the_set.lambda_hat, n, rng).cpu().numpy()
 
-            curves = diversity_curves(draw, truth, nu, list(n_samples), seed, n_labels=prepared.n_labels)
+            curves = diversity_curves(
+                draw, truth, nu, list(n_samples), seed, n_labels=prepared.n_labels, labels=self.counted
+            )
             for key, values in curves.items():
                 out[key] = {str(n): float(v) for n, v in values.items()}
         return out
@@ -335,7 +360,7 @@ class ConsignMethod(ConformalMethod[ImageBasis, ConsignCurve, ConsignSet]):
 
     def guarantee(self, alpha: float, nu: float | None = None) -> str:
         """e.g. "With probability ≥ 90 %, one of these segmentations has a label-wise accuracy above 90 %…"."""
-        return membership_guarantee(alpha, nu)
+        return membership_guarantee(alpha, nu, self.structure)
 
     def lambda_note(self, lambda_hat: float, *, alpha: float, nu: float | None = None) -> str | None:
         """At λ̂ = 0 the box is one point: the set is one segmentation."""
@@ -347,8 +372,14 @@ class ConsignMethod(ConformalMethod[ImageBasis, ConsignCurve, ConsignSet]):
         return None
 
     def check_data(self, *, n_labels: int, n_samples: int, ndim: int) -> None:
-        """K ≤ T − 1."""
+        """K ≤ T − 1; ``structure``, when set, a label of the data."""
         check_k(self.k, n_samples)
+        if self.structure is not None:
+            check_fg_class(self.structure, n_labels, name="structure")
+
+    def check_truth(self, label: np.ndarray) -> None:
+        """With ``structure`` set, a ground truth must contain it (before the batched search)."""
+        check_structure_present(self.structure, label)
 
     def lambda_limit(self) -> float:
         """``lambda_max``."""

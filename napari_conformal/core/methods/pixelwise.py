@@ -4,6 +4,10 @@ The baselines of the CONSIGN paper (docs/algorithms.md#pixel-wise-sets): every l
 gets a nonconformity score from the mean softmax X̄ (:mod:`napari_conformal.core.scores`), the set
 at λ keeps the labels scoring ≤ λ, and a ground truth is covered when the best member of the set
 reaches label-wise accuracy > ν. Calibration is the order statistic of the exact per-image λ_i(ν).
+
+The ``structure`` option (every label-wise method has it, CONSIGN too) counts one label only: the
+accuracy is then the recall of that structure, and the guarantee is about it
+(docs/algorithms.md#per-structure-guarantees).
 """
 
 from __future__ import annotations
@@ -29,9 +33,21 @@ from napari_conformal.core.scores.sets import (
     set_masks,
     set_size_map,
 )
-from napari_conformal.core.validation import check_alpha, check_lambda, check_nu
+from napari_conformal.core.validation import check_alpha, check_fg_class, check_lambda, check_nu
+from napari_conformal.errors import CalibrationError
 
-__all__ = ["APS", "LAC", "RAPS", "PixelwiseMethod"]
+__all__ = ["APS", "LAC", "RAPS", "STRUCTURE", "PixelwiseMethod", "check_structure_present", "membership_guarantee"]
+
+#: the structure option of every label-wise method (pixel-wise sets, SACP, CONSIGN)
+STRUCTURE = Option(
+    "structure",
+    "int",
+    None,
+    "count only this label in the label-wise accuracy (its recall: a guarantee about one structure); "
+    "unset: every label present",
+    minimum=0,
+    optional=True,
+)
 
 
 def _content_seed(probs: np.ndarray) -> int:
@@ -55,6 +71,14 @@ class PixelwiseMethod(ConformalMethod[PixelwiseScores, MembershipCurve, np.ndarr
     lambda_name: ClassVar[str] = "score threshold λ"
     lambda_unit: ClassVar[str] = "conformity score: a label is in a pixel's set when its score is ≤ λ"
     layers: ClassVar[tuple[str, ...]] = ("set_size", "members")
+    options: ClassVar[tuple[Option, ...]] = (STRUCTURE,)
+    structure_option: ClassVar[str | None] = "structure"
+    structure: int | None
+
+    @property
+    def counted(self) -> tuple[int, ...] | None:
+        """The counted labels of the accuracy: ``(structure,)``, or None for every label present."""
+        return None if self.structure is None else (int(self.structure),)
 
     def scores(self, probs: np.ndarray) -> np.ndarray:
         """Raw per-label nonconformity scores, shape (L, *S), from X̄ (L, *S)."""
@@ -72,8 +96,14 @@ class PixelwiseMethod(ConformalMethod[PixelwiseScores, MembershipCurve, np.ndarr
     def curve(
         self, prepared: PixelwiseScores, label: np.ndarray, *, alpha: float | None = None, nu: float | None = None
     ) -> MembershipCurve:
-        """The image's :class:`~napari_conformal.core.scores.membership.MembershipCurve`."""
-        return MembershipCurve.from_prepared(prepared, label)
+        """The image's :class:`~napari_conformal.core.scores.membership.MembershipCurve` (over ``structure``).
+
+        Raises
+        ------
+        CalibrationError
+            ``structure`` is set and the ground truth has no pixel of it.
+        """
+        return MembershipCurve.from_prepared(prepared, label, labels=self.counted)
 
     def lambda_hat(self, curves: Sequence[MembershipCurve], *, alpha: float, nu: float | None = None) -> float:
         """Algorithm 3, exact (:func:`~napari_conformal.core.scores.membership.calibrate_lambda`)."""
@@ -129,12 +159,18 @@ class PixelwiseMethod(ConformalMethod[PixelwiseScores, MembershipCurve, np.ndarr
             ``log10_volume``; with ``n_samples`` also ``chao1`` (bias-corrected),
             ``chao1_classical``, ``sec`` (0/1 per N), ``correlation`` (full mean)
             and ``correlation_offdiag``, each a dict keyed by ``str(N)``.
-            ``spacing`` is unused (no distance metric applies).
+            ``spacing`` is unused (no distance metric applies). With ``structure`` set, the
+            accuracies (``accuracy_in``, SEC's) count that label only.
+
+        Raises
+        ------
+        CalibrationError
+            ``structure`` is set and the ground truth has no pixel of it.
         """
         prepared = _as_prepared(prepared)
         nu = check_nu(nu)
         lam = check_lambda(lambda_hat)
-        acc = accuracy_in(prepared, label, lam)
+        acc = accuracy_in(prepared, label, lam, labels=self.counted)
         sizes = set_size_map(prepared, lam)
         out: dict[str, Any] = {
             "covered": int(acc > nu),
@@ -152,6 +188,7 @@ class PixelwiseMethod(ConformalMethod[PixelwiseScores, MembershipCurve, np.ndarr
                 n_samples,
                 self._stream_seed(seed),
                 n_labels=prepared.n_labels,
+                labels=self.counted,
             )
             for key, per_n in curves.items():
                 out[key] = {str(n): float(v) for n, v in per_n.items()}
@@ -161,7 +198,16 @@ class PixelwiseMethod(ConformalMethod[PixelwiseScores, MembershipCurve, np.ndarr
 
     def guarantee(self, alpha: float, nu: float | None = None) -> str:
         """e.g. "With probability ≥ 90 %, one of these segmentations has a label-wise accuracy above 90 %…"."""
-        return membership_guarantee(alpha, nu)
+        return membership_guarantee(alpha, nu, self.structure)
+
+    def check_data(self, *, n_labels: int, n_samples: int, ndim: int) -> None:
+        """``structure``, when set, must be a label of the data."""
+        if self.structure is not None:
+            check_fg_class(self.structure, n_labels, name="structure")
+
+    def check_truth(self, label: np.ndarray) -> None:
+        """With ``structure`` set, a ground truth must contain it (:func:`check_structure_present`)."""
+        check_structure_present(self.structure, label)
 
     def lambda_note(self, lambda_hat: float, *, alpha: float, nu: float | None = None) -> str | None:
         """At λ̂ = 0 every pixel keeps only its most likely label: the model's own segmentation."""
@@ -183,9 +229,33 @@ class PixelwiseMethod(ConformalMethod[PixelwiseScores, MembershipCurve, np.ndarr
         return MembershipCurve(lambdas=lam, accuracies=acc)
 
 
-def membership_guarantee(alpha: float, nu: float | None) -> str:
-    """The guarantee of a set with ν-membership (pixel-wise sets and CONSIGN) in words."""
+def check_structure_present(structure: int | None, label: np.ndarray) -> None:
+    """Refuse a ground truth without a pixel of ``structure`` (nothing to check when it is None).
+
+    Raises
+    ------
+    CalibrationError
+        The label-wise accuracy restricted to the structure is undefined on it.
+    """
+    if structure is not None and not np.any(np.asarray(label) == structure):
+        raise CalibrationError(
+            f"the ground truth has no pixel of structure {structure}: its label-wise accuracy restricted to it "
+            "is undefined; leave the image out of this structure's images"
+        )
+
+
+def membership_guarantee(alpha: float, nu: float | None, structure: int | None = None) -> str:
+    """The guarantee of a set with ν-membership (pixel-wise sets and CONSIGN) in words.
+
+    With ``structure`` (the accuracy counts that label only) the sentence is about it: "… one of
+    these segmentations labels more than 90 % of structure 2 correctly."
+    """
     a, v = check_alpha(alpha), check_nu(nu)
+    if structure is not None:
+        return (
+            f"With probability ≥ {percent(1 - a)}, one of these segmentations labels more than {percent(v)} "
+            f"of structure {int(structure)} correctly (its recall of that label is above {percent(v)})."
+        )
     return (
         f"With probability ≥ {percent(1 - a)}, one of these segmentations has a label-wise accuracy above "
         f"{percent(v)}: averaged over the structures present, it labels more than {percent(v)} of each "
@@ -207,6 +277,7 @@ class APS(PixelwiseMethod):
     options: ClassVar[tuple[Option, ...]] = (
         Option("randomized", "bool", False, "randomised APS scores (one uniform draw per pixel)", label="randomised"),
         Option("seed", "int", 0, "seed of the randomised scores", minimum=0, flag="score-seed"),
+        STRUCTURE,
     )
     randomized: bool
     seed: int
@@ -233,6 +304,7 @@ class RAPS(PixelwiseMethod):
     options: ClassVar[tuple[Option, ...]] = (
         Option("reg_weight", "float", DEFAULT_REG_WEIGHT, "RAPS penalty λ_reg per rank beyond k_reg", label="λ_reg", minimum=0.0),
         Option("k_reg", "int", None, "RAPS rank offset (unset: ⌊L/2⌋)", label="k_reg", minimum=0, optional=True),
+        STRUCTURE,
     )
     reg_weight: float
     k_reg: int | None
@@ -257,3 +329,7 @@ class LAC(PixelwiseMethod):
     def scores(self, probs: np.ndarray) -> np.ndarray:
         """LAC scores."""
         return lac_scores(probs)
+
+    def full_set_lambda(self) -> float:
+        """λ = 1: ``s_l = 1 − X̄_l ≤ 1`` (X̄ is clipped to [0, 1]): every label of every pixel is in the set."""
+        return 1.0

@@ -34,7 +34,7 @@ from typing import ClassVar
 import numpy as np
 
 from napari_conformal.core.methods.base import Option, register
-from napari_conformal.core.methods.pixelwise import PixelwiseMethod
+from napari_conformal.core.methods.pixelwise import STRUCTURE, PixelwiseMethod
 from napari_conformal.core.scores.aps import aps_scores
 from napari_conformal.core.scores.neighbourhood import (
     BORDER_MODES,
@@ -64,6 +64,7 @@ class SACP(PixelwiseMethod):
         Option("weight", "float", None, "neighbourhood weight w (unset: 0.3 consign, 0.5 liu)", label="w", minimum=0.0, maximum=1.0, optional=True),
         Option("size", "ints", None, "odd neighbourhood side(s) in pixels (unset: 7 consign, 3 liu)", minimum=1, optional=True),
         Option("mode", "choice", "reflect", "border handling of the neighbourhood mean", choices=BORDER_MODES, label="border"),
+        STRUCTURE,
     )
     variant: str
     weight: float | None

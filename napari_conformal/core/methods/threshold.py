@@ -32,13 +32,18 @@ from napari_conformal.core.scores.probabilities import foreground_probability
 from napari_conformal.core.validation import check_alpha, check_fg_class, check_label
 from napari_conformal.errors import CalibrationError, CalibrationFileError, StoreValidationError
 
-__all__ = ["FG_CLASS", "CRCMethod", "ThresholdFNRMethod", "ThresholdPrepared", "percent"]
+__all__ = ["FG_CLASS", "CRCMethod", "ThresholdFNRMethod", "ThresholdPrepared", "percent", "structure_words"]
 
 #: the foreground-class option of every binary method
 FG_CLASS = Option(
     "fg_class", "int", 1, "the structure (label) treated as foreground; everything else is background",
     label="structure", minimum=0,
 )
+
+
+def structure_words(structure: int | None, binary: int | None = 1) -> str:
+    """How a guarantee names its structure: "the structure" for ``binary`` (or None), else "structure c"."""
+    return "the structure" if structure is None or structure == binary else f"structure {int(structure)}"
 
 
 def percent(x: float) -> str:
@@ -85,6 +90,7 @@ class ThresholdFNRMethod(ConformalMethod[ThresholdPrepared, np.ndarray, np.ndarr
     lambda_unit: ClassVar[str] = "1 − score: the set keeps the pixels whose score is ≥ 1 − λ"
     layers: ClassVar[tuple[str, ...]] = ("contour",)
     options: ClassVar[tuple[Option, ...]] = (FG_CLASS,)
+    structure_option: ClassVar[str | None] = "fg_class"
     fg_class: int
 
     def _setup(self) -> None:
@@ -214,10 +220,10 @@ class ThresholdFNRMethod(ConformalMethod[ThresholdPrepared, np.ndarray, np.ndarr
     # -- what callers need to know -----------------------------------------------------------------
 
     def guarantee(self, alpha: float, nu: float | None = None) -> str:
-        """e.g. "On average the set misses at most 10 % of the structure"."""
+        """e.g. "On average the set misses at most 10 % of the structure" ("of structure 2" for class 2)."""
         return (
-            f"On average over new images, the set misses at most {percent(check_alpha(alpha))} of the "
-            "structure (expected false-negative rate)."
+            f"On average over new images, the set misses at most {percent(check_alpha(alpha))} of "
+            f"{structure_words(self.fg_class)} (expected false-negative rate)."
         )
 
     def check_data(self, *, n_labels: int, n_samples: int, ndim: int) -> None:
@@ -226,6 +232,10 @@ class ThresholdFNRMethod(ConformalMethod[ThresholdPrepared, np.ndarray, np.ndarr
 
     def lambda_limit(self) -> float:
         """λ ∈ [0, 1] (λ = 1 keeps every pixel)."""
+        return 1.0
+
+    def full_set_lambda(self) -> float:
+        """λ = 1: ``1 − S_p ≤ 1`` at every pixel (S ∈ [0, 1]), so the set is the whole image (FNR 0)."""
         return 1.0
 
     def encode_curve(self, curve: np.ndarray) -> dict[str, Any]:

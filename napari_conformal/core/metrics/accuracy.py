@@ -9,6 +9,12 @@ where 𝓛(Y) is the set of labels *present in Y* (docs/algorithms.md#membership
 from the ground truth are skipped, so the ratio is never 0/0. A candidate
 covers ``Y`` at accuracy rate ν iff ``acc(Ŷ; Y) > ν`` (strict).
 
+**Counted labels.** ``labels=K`` restricts the average to the labels of K present in Y,
+``𝓛(Y) ∩ K``; with one label ``K = {c}`` the accuracy is the recall of structure c (a per-structure
+guarantee, docs/algorithms.md#per-structure-guarantees). A ground truth with no pixel of any
+counted label has no accuracy: that is an error (:class:`~napari_conformal.errors.ConformalError`)
+naming the labels. ``labels=None`` (the default) counts every label present, bit for bit as before.
+
 Two implementations with the same semantics:
 
 * :func:`labelwise_accuracy` for numpy arrays;
@@ -33,7 +39,14 @@ from napari_conformal.errors import ConformalError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["AccuracyCurve", "is_covered", "labelwise_accuracy", "labelwise_accuracy_torch"]
+__all__ = [
+    "AccuracyCurve",
+    "check_counted",
+    "counted_present",
+    "is_covered",
+    "labelwise_accuracy",
+    "labelwise_accuracy_torch",
+]
 
 
 def _check_shapes(pred_shape: tuple[int, ...], truth_shape: tuple[int, ...]) -> bool:
@@ -50,8 +63,64 @@ def _check_shapes(pred_shape: tuple[int, ...], truth_shape: tuple[int, ...]) -> 
     )
 
 
+def check_counted(labels: Sequence[int] | None, n_labels: int) -> tuple[int, ...] | None:
+    """Counted labels ``K`` as a sorted tuple of distinct labels in 0..L−1 (None: every label).
+
+    Raises
+    ------
+    ConformalError
+        Empty, not integers, or outside 0..L−1.
+    """
+    if labels is None:
+        return None
+    out = []
+    for lab in labels:
+        if isinstance(lab, bool) or not isinstance(lab, int | np.integer):
+            raise ConformalError(f"counted labels must be integers, got {lab!r}")
+        if not 0 <= int(lab) < int(n_labels):
+            raise ConformalError(
+                f"counted label {int(lab)} is not a label of this data (labels 0..{int(n_labels) - 1})"
+            )
+        out.append(int(lab))
+    if not out:
+        raise ConformalError("counted labels must name at least one label")
+    return tuple(sorted(set(out)))
+
+
+def counted_present(counts: np.ndarray, labels: Sequence[int] | None) -> np.ndarray:
+    """The labels the accuracy averages over: present in Y (``counts > 0``) and counted.
+
+    Parameters
+    ----------
+    counts : ndarray of int, shape (L,)
+        Pixels of each label in the ground truth.
+    labels : sequence of int, optional
+        Counted labels K (None: every label).
+
+    Returns
+    -------
+    ndarray of intp, shape (C,)
+        ``𝓛(Y) ∩ K`` ascending (C ≥ 1).
+
+    Raises
+    ------
+    ConformalError
+        No counted label is present (the accuracy is undefined).
+    """
+    present = np.flatnonzero(counts)
+    if labels is None:
+        return present
+    kept = present[np.isin(present, np.asarray(list(labels), dtype=np.intp))]
+    if kept.size == 0:
+        what = f"structure {labels[0]}" if len(labels) == 1 else f"labels {', '.join(map(str, labels))}"
+        raise ConformalError(
+            f"the ground truth has no pixel of {what}: its label-wise accuracy restricted to it is undefined"
+        )
+    return kept
+
+
 def labelwise_accuracy(
-    pred: np.ndarray, truth: np.ndarray, n_labels: int | None = None
+    pred: np.ndarray, truth: np.ndarray, n_labels: int | None = None, *, labels: Sequence[int] | None = None
 ) -> np.ndarray | float:
     """Label-wise accuracy of one or many candidate label maps against a ground truth.
 
@@ -65,6 +134,9 @@ def labelwise_accuracy(
     n_labels : int, optional
         Number of labels L; default ``truth.max() + 1``. Only used to validate
         ``truth``: the average runs over the labels present in ``truth``.
+    labels : sequence of int, optional
+        Counted labels K: average over the labels of K present in ``truth`` only
+        (``labels=[c]``: the recall of structure c). None: every label present.
 
     Returns
     -------
@@ -74,7 +146,8 @@ def labelwise_accuracy(
     Raises
     ------
     ConformalError
-        Shapes do not match, non-integer dtypes, or ``truth`` out of range.
+        Shapes do not match, non-integer dtypes, ``truth`` out of range, or no
+        counted label present in ``truth``.
     """
     pred = np.asarray(pred)
     truth = np.asarray(truth)
@@ -84,11 +157,12 @@ def labelwise_accuracy(
     if not (np.issubdtype(pred.dtype, np.integer) or pred.dtype == np.bool_):
         raise ConformalError(f"pred must be integer label maps, got dtype {pred.dtype}")
     n_labels = _validate_truth_range(int(truth.min()), int(truth.max()), n_labels)
+    labels = check_counted(labels, n_labels)
 
     flat_truth = truth.reshape(-1)
     flat_pred = pred.reshape(pred.shape[0] if batched else 1, -1)
     counts = np.bincount(flat_truth, minlength=n_labels)
-    present = np.flatnonzero(counts)
+    present = counted_present(counts, labels)
     total = np.zeros(flat_pred.shape[0], dtype=np.float64)
     for label in present:
         where = flat_truth == label
@@ -116,6 +190,7 @@ def labelwise_accuracy_torch(
     n_labels: int | None = None,
     *,
     dtype: torch.dtype | None = None,
+    labels: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Torch version of :func:`labelwise_accuracy` (same definition, any device).
 
@@ -131,6 +206,8 @@ def labelwise_accuracy_torch(
         Floating dtype of the result; float64 by default (exact ratios, so the
         strict test ``acc > ν`` agrees with the numpy version), float32 on
         devices without float64 (MPS).
+    labels : sequence of int, optional
+        Counted labels, as in :func:`labelwise_accuracy`.
 
     Returns
     -------
@@ -152,10 +229,11 @@ def labelwise_accuracy_torch(
         dtype = torch.float32 if truth.device.type == "mps" else torch.float64
     flat_truth = truth.reshape(-1).long()
     n_labels = _validate_truth_range(int(flat_truth.min()), int(flat_truth.max()), n_labels)
+    labels = check_counted(labels, n_labels)
     flat_pred = pred.reshape(pred.shape[0] if batched else 1, -1)
 
     counts = torch.bincount(flat_truth, minlength=n_labels)
-    present = torch.nonzero(counts).flatten().tolist()
+    present = counted_present(counts.cpu().numpy(), labels).tolist()
     total = torch.zeros(flat_pred.shape[0], dtype=dtype, device=truth.device)
     for label in present:
         where = flat_truth == label

@@ -21,7 +21,8 @@ Given N label maps drawn from a method's prediction set (``samples``, shape
 
       SEC(N) = mean_i 1[ max_{s ≤ N} acc(Ŷ_i^(s); Y_i) > ν ]
 
-  with the label-wise accuracy of :mod:`napari_conformal.core.metrics.accuracy`.
+  with the label-wise accuracy of :mod:`napari_conformal.core.metrics.accuracy` (over the counted
+  labels only when ``labels=`` restricts it to one structure).
 * **Correlation** (:func:`sample_correlation`): Pearson correlation matrix of
   the N samples taken as N variables over the uncertain pixels (label indices
   as numbers), NaN (constant sample) replaced by 0. Reported as the mean over
@@ -181,6 +182,8 @@ def covered_within(
     nu: float,
     n_values: Sequence[int],
     n_labels: int | None = None,
+    *,
+    labels: Sequence[int] | None = None,
 ) -> dict[int, bool]:
     """For one image: does one of the first N samples match the truth at rate ν?
 
@@ -196,6 +199,8 @@ def covered_within(
         Prefix lengths N (each ≤ N_max).
     n_labels : int, optional
         Number of labels (for validating ``truth``).
+    labels : sequence of int, optional
+        Counted labels of the accuracy (``[c]``: the recall of structure c); None: every label.
 
     Returns
     -------
@@ -205,7 +210,7 @@ def covered_within(
     arr = _as_samples(samples)
     nu = _check_nu(nu)
     values = _check_n_values(n_values, arr.shape[0])
-    acc = labelwise_accuracy(arr[: max(values)], truth, n_labels)
+    acc = labelwise_accuracy(arr[: max(values)], truth, n_labels, labels=labels)
     best = np.maximum.accumulate(acc)
     return {v: bool(best[v - 1] > nu) for v in values}
 
@@ -223,6 +228,8 @@ def sec(
     nu: float,
     n_values: Sequence[int],
     n_labels: int | None = None,
+    *,
+    labels: Sequence[int] | None = None,
 ) -> dict[int, float]:
     """Sample-based estimated coverage over a set of images.
 
@@ -238,6 +245,8 @@ def sec(
         Numbers of samples N (each ≤ min_i N_i).
     n_labels : int, optional
         Number of labels (for validating the truths).
+    labels : sequence of int, optional
+        Counted labels of the accuracy (see :func:`covered_within`).
 
     Returns
     -------
@@ -250,7 +259,8 @@ def sec(
         )
     if len(sample_sets) == 0:
         raise ConformalError("sec needs at least one image")
-    hits = [covered_within(s, y, nu, n_values, n_labels) for s, y in zip(sample_sets, truths, strict=True)]
+    pairs = zip(sample_sets, truths, strict=True)
+    hits = [covered_within(s, y, nu, n_values, n_labels, labels=labels) for s, y in pairs]
     return {v: float(np.mean([h[v] for h in hits])) for v in hits[0]}
 
 
@@ -312,6 +322,7 @@ def diversity_curves(
     *,
     n_labels: int | None = None,
     correlation_max_n: int | None = 2000,
+    labels: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Chao1, SEC and correlation of one image's set at several sample counts.
 
@@ -333,6 +344,9 @@ def diversity_curves(
         Number of labels (for validating ``truth``).
     correlation_max_n : int or None
         Correlation is NaN for N above this (an N×N matrix); None computes all.
+    labels : sequence of int, optional
+        Counted labels of SEC's accuracy (see :func:`covered_within`); Chao1 and the correlation
+        describe the set and do not depend on them.
 
     Returns
     -------
@@ -351,7 +365,7 @@ def diversity_curves(
         raise ConformalError(
             f"draw(n, rng) must return shape (n, *truth.shape) = {(n_max, *truth.shape)}, got {drawn.shape}"
         )
-    covered = covered_within(drawn, truth, nu, values, n_labels)
+    covered = covered_within(drawn, truth, nu, values, n_labels, labels=labels)
     out: dict[str, dict[int, float]] = {
         "chao1": {},
         "chao1_classical": {},

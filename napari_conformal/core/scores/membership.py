@@ -15,6 +15,10 @@ bit with the accuracy of the best member.
 
 λ̂ is then the order statistic of the λ_i(ν) (docs/algorithms.md#pixel-wise-sets): the exact
 infimum of the reference's 0.01-grid search.
+
+``labels=K`` counts only the labels of K (``K = {c}``: ``acc_in`` is the recall of structure c
+inside the set; docs/algorithms.md#per-structure-guarantees); the curve's breakpoints are then the
+true-label scores of the counted pixels only, so it still reaches 1 at its last breakpoint.
 """
 
 from __future__ import annotations
@@ -25,11 +29,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from napari_conformal.core.metrics.accuracy import AccuracyCurve
+from napari_conformal.core.metrics.accuracy import AccuracyCurve, check_counted, counted_present
 from napari_conformal.core.quantiles import order_statistic_lambda_hat
 from napari_conformal.core.scores.sets import PixelwiseScores, _as_prepared
 from napari_conformal.core.validation import check_label, check_lambda, check_nu
-from napari_conformal.errors import CalibrationError
+from napari_conformal.errors import CalibrationError, ConformalError
 
 __all__ = ["MembershipCurve", "accuracy_in", "calibrate_lambda"]
 
@@ -41,7 +45,17 @@ def _labelwise_from_hits(hits: np.ndarray, sizes: np.ndarray) -> float:
     return float(total / np.float64(len(sizes)))
 
 
-def accuracy_in(prepared: PixelwiseScores, label: np.ndarray, lam: float) -> float:
+def _present(counts: np.ndarray, labels: tuple[int, ...] | None) -> np.ndarray:
+    """``𝓛(Y) ∩ K``; a ground truth without a counted label is a :class:`CalibrationError`."""
+    try:
+        return counted_present(counts, labels)
+    except ConformalError as exc:
+        raise CalibrationError(f"{exc}; leave the image out of this structure's images") from None
+
+
+def accuracy_in(
+    prepared: PixelwiseScores, label: np.ndarray, lam: float, *, labels: Sequence[int] | None = None
+) -> float:
     """``acc_in(T_λ; Y)`` of eq. 13: label-wise accuracy of the best member of the set.
 
     Parameters
@@ -52,19 +66,28 @@ def accuracy_in(prepared: PixelwiseScores, label: np.ndarray, lam: float) -> flo
         Ground truth Y in 0..L−1.
     lam : float
         λ ≥ 0.
+    labels : sequence of int, optional
+        Counted labels K (``[c]``: the recall of structure c inside the set); None counts every
+        label present.
 
     Returns
     -------
     float
         In [0, 1]; ``Y ∈ C^PW_{λ,ν}`` iff it is > ν.
+
+    Raises
+    ------
+    CalibrationError
+        No counted label is present in ``label``.
     """
     prepared = _as_prepared(prepared)
     label = check_label(label, n_labels=prepared.n_labels, shape=prepared.spatial_shape)
+    counted = check_counted(labels, prepared.n_labels)
     true_scores = np.take_along_axis(prepared.scores, label[None].astype(np.intp), axis=0)[0]
     flat = label.reshape(-1)
     sizes = np.bincount(flat, minlength=prepared.n_labels)
     hits = np.bincount(flat[true_scores.reshape(-1) <= check_lambda(lam)], minlength=prepared.n_labels)
-    present = np.flatnonzero(sizes)
+    present = _present(sizes, counted)
     return _labelwise_from_hits(hits[present], sizes[present])
 
 
@@ -82,20 +105,30 @@ class MembershipCurve(AccuracyCurve):
     before: ClassVar[float] = 0.0
 
     @classmethod
-    def from_prepared(cls, prepared: PixelwiseScores, label: np.ndarray) -> MembershipCurve:
-        """Sort the true-label scores of one image (O(M log M), M pixels)."""
+    def from_prepared(
+        cls, prepared: PixelwiseScores, label: np.ndarray, *, labels: Sequence[int] | None = None
+    ) -> MembershipCurve:
+        """Sort the true-label scores of one image (O(M log M), M pixels).
+
+        ``labels`` (counted labels K, as in :func:`accuracy_in`) keeps only the pixels of K; a
+        ground truth without a counted label raises :class:`CalibrationError`.
+        """
         prepared = _as_prepared(prepared)
         label = check_label(label, n_labels=prepared.n_labels, shape=prepared.spatial_shape)
+        counted = check_counted(labels, prepared.n_labels)
         flat = label.reshape(-1).astype(np.intp)
+        counts = np.bincount(flat, minlength=prepared.n_labels)
+        present = _present(counts, counted)
         by_label = prepared.scores.reshape(prepared.n_labels, -1)
         true_scores = np.take_along_axis(by_label, flat[None], axis=0)[0]
+        if counted is not None:  # only the counted pixels move acc_in
+            keep = np.isin(flat, present)
+            true_scores, flat = true_scores[keep], flat[keep]
         order = np.argsort(true_scores, kind="stable")
         sorted_scores = true_scores[order]
         sorted_labels = flat[order]
         last = np.r_[np.flatnonzero(np.diff(sorted_scores)), sorted_scores.size - 1]
         ends = last + 1  # pixels with t_p ≤ lambdas[g]
-        counts = np.bincount(flat, minlength=prepared.n_labels)
-        present = np.flatnonzero(counts)
         total = np.zeros(last.size, dtype=np.float64)
         for lab in present.tolist():  # the order of accuracy_in: label by label, then / C
             positions = np.flatnonzero(sorted_labels == lab)
