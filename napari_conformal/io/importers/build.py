@@ -243,7 +243,17 @@ def checked_sample(
         check_samples(stored[np.newaxis], stored_dtype=samples_dtype)
     except StoreValidationError:
         problem = _probability_problem(stored, samples_dtype)
-        hint = " (are these logits? then apply a softmax: --logits / logits=True)" if "sum to 1" in problem and not logits else ""
+        hint = ""
+        if "sum to 1" in problem:
+            from napari_conformal.core.validation import sum_tolerance
+
+            if sum_tolerance(arr.dtype) > sum_tolerance(samples_dtype):
+                hint = (
+                    f" (the file holds {arr.dtype}, whose rounding alone moves the sums by up to "
+                    f"{sum_tolerance(arr.dtype):g}: store them as {arr.dtype}, --samples-dtype {arr.dtype})"
+                )
+            elif not logits:
+                hint = " (are these logits? then apply a softmax: --logits / logits=True)"
         raise ImportInputError(f"case {case!r}: {where}: {problem}{hint}") from None
     return stored
 
