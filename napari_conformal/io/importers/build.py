@@ -56,6 +56,7 @@ __all__ = [
 
 _WHAT = "napari-conformal dataset store"
 _SAMPLES_DTYPES = ("float16", "float32")
+_LOGITS_HINT = " (are these logits? then apply a softmax: --logits / logits=True)"
 
 
 def _one_line(text: str) -> str:
@@ -253,13 +254,16 @@ def checked_sample(
                     f"{sum_tolerance(arr.dtype):g}: store them as {arr.dtype}, --samples-dtype {arr.dtype})"
                 )
             elif not logits:
-                hint = " (are these logits? then apply a softmax: --logits / logits=True)"
+                hint = _LOGITS_HINT
+        elif "outside [0, 1]" in problem and not logits:
+            hint = _LOGITS_HINT
         raise ImportInputError(f"case {case!r}: {where}: {problem}{hint}") from None
     return stored
 
 
-def _axes_text(ndim: int) -> str:
-    return "(y, x)" if ndim == 2 else "(z, y, x)"
+def _axes_text(ndim: int, first: str = "") -> str:
+    axes = ("y", "x") if ndim == 2 else ("z", "y", "x")
+    return "(" + ", ".join(((first,) if first else ()) + axes) + ")"
 
 
 def _where_of(mask: np.ndarray) -> tuple[int, ...]:
@@ -276,10 +280,10 @@ def _probability_problem(stored: np.ndarray, samples_dtype: np.dtype) -> str:
     if not finite.all():
         kinds = "/".join(k for k, f in (("NaN", np.isnan), ("inf", np.isinf)) if f(values).any())
         at = _where_of(~finite)
-        return f"{int((~finite).sum())} non-finite probabilities ({kinds}), first at (class, *{spatial}) = {at}"
+        return f"{int((~finite).sum())} non-finite probabilities ({kinds}), first at {_axes_text(values.ndim - 1, 'class')} = {at}"
     if values.min() < 0 or values.max() > 1:
         at = _where_of((values < 0) | (values > 1))
-        return f"probability {values[at]:g} outside [0, 1] at (class, *{spatial}) = {at}"
+        return f"probability {values[at]:g} outside [0, 1] at {_axes_text(values.ndim - 1, 'class')} = {at}"
     total = values.sum(axis=0, dtype=np.float32)
     dev = np.abs(total - 1)
     tol = sum_tolerance(samples_dtype)

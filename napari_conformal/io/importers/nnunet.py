@@ -341,7 +341,9 @@ def nnunet_cases(
     folders: list[CaseFolder] = []
     label_folder = None
     if labels is not None:
-        label_folder = find_case_files(labels, role="label", suffixes=NIFTI_SUFFIXES, name_of=_nifti_name)
+        label_folder = find_case_files(
+            labels, role="label", suffixes=NIFTI_SUFFIXES, name_of=_nifti_name, expected=lambda c: f"{c}.nii.gz"
+        )
         folders.append(label_folder)
     member_folders = []
     for k, folder in enumerate(members):
