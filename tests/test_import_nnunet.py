@@ -154,3 +154,20 @@ def test_the_store_calibrates(tmp_path):
     calib = tmp_path / "calib.json"
     assert main(["calibrate", str(out), "--method", "crc", "--alpha", "0.2", "--cal", "0-4", "--out", str(calib), "-q"]) == 0
     assert calib.exists()
+
+
+def test_every_value_is_checked_before_the_store_is_begun(tmp_path):
+    """A NaN in the last case's last member stops the import in the checking stage: no temporary store yet."""
+    from napari_conformal.io.importers import iter_import_nnunet
+
+    folders = write_nnunet(tmp_path / "nn", names=("a", "b", "c"))
+    probs = folders.cases["c"].probs_zyx[1].copy()
+    probs[0, 0, 0, 0] = np.nan
+    np.savez_compressed(folders.members[1] / "c.npz", probabilities=probs)
+    out = tmp_path / "s.zarr"
+    stages = []
+    with pytest.raises(ImportInputError, match=r"case 'c'.*fold_1/c.npz.*NaN"):
+        for step in iter_import_nnunet(folders.images, folders.labels, folders.members, out):
+            stages.append(step.stage)
+            assert leftovers(out) == []
+    assert stages[-1] == "checking" and "writing" not in stages

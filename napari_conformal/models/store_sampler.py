@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from napari_conformal.core.progress import Step
-from napari_conformal.errors import ConformalError, ImportInputError
+from napari_conformal.errors import Cancelled, ConformalError, ImportInputError
 from napari_conformal.io.importers.build import (
     CaseArrays,
     CaseHeader,
@@ -96,7 +96,7 @@ def load_models(
     ConformalError
         Missing or unreadable file, a state dict without an architecture, a whole pickled module.
     """
-    from napari_conformal.models.loading import is_torchscript_file, load_model
+    from napari_conformal.models.loading import is_torchscript_file, load_model, load_state_dict
 
     factory = load_architecture(architecture) if isinstance(architecture, str) else architecture
     models = []
@@ -107,21 +107,20 @@ def load_models(
         if is_torchscript_file(p):
             models.append(load_model(p, device=device))
             continue
+        try:
+            load_state_dict(p)  # safe (weights_only): tells a state dict from a pickled module
+        except ConformalError:
+            raise ConformalError(
+                f"model {p}: neither TorchScript nor a state dict of tensors; a whole pickled model "
+                "(torch.save(model)) is refused because loading it would run code: save model.state_dict() "
+                "and give --architecture, or save TorchScript (torch.jit.script(model).save(path))"
+            ) from None
         if factory is None:
             raise ConformalError(
                 f"model {p} is not TorchScript: a state dict needs its architecture (--architecture "
                 "module:function); or save the model with torch.jit.script(model).save(path)"
             )
-        try:
-            models.append(load_model(p, factory, device=device))
-        except ConformalError as exc:
-            if "weights_only" in str(exc) or "does not hold a state dict" in str(exc):
-                raise ConformalError(
-                    f"model {p}: not a state dict of tensors; a whole pickled model (torch.save(model)) is "
-                    "refused because loading it would run code: save model.state_dict() instead, or a "
-                    "TorchScript file (torch.jit.script(model).save(path))"
-                ) from None
-            raise
+        models.append(load_model(p, factory, device=device))
     return models
 
 
@@ -257,7 +256,18 @@ class ModelCase(CaseSource):
         head = self.header()
         s = head.spatial_shape
         channels, label = self._inputs()
-        probs = self.sampler.sample_image(self._model_input(channels), key=self.index)
+        x = self._model_input(channels)
+        try:
+            probs = self.sampler.sample_image(x, key=self.index)
+        except (ConformalError, Cancelled):
+            raise
+        except Exception as exc:  # the user's model failed: name the case and the input it was given
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            why = lines[-1] if lines else type(exc).__name__
+            hint = "" if self.sampler.patch_size is not None else "; a model with a fixed input size needs --patch-size"
+            raise ImportInputError(
+                f"case {self.name!r}: the model failed on its input of shape {x.shape} (C, *S): {why}{hint}"
+            ) from None
         if self.model_axes == "xyz":
             probs = np.transpose(probs, [0, 1, *range(probs.ndim - 1, 1, -1)])
         out = np.empty(probs.shape, dtype=samples_dtype)
