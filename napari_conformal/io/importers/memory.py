@@ -22,7 +22,7 @@ from napari_conformal.io.importers.build import (
     checked_sample,
 )
 
-__all__ = ["MemoryCase", "memory_cases"]
+__all__ = ["MemoryCase", "cases_from_layers", "memory_cases"]
 
 
 def _per_case(name: str, values: Any) -> list[Any]:
@@ -117,3 +117,38 @@ def memory_cases(
         MemoryCase(names[i], imgs[i], smps[i], None if labs is None else labs[i], logits=logits)
         for i in range(len(imgs))
     ]
+
+
+def cases_from_layers(image: Any, samples: Any, label: Any | None = None) -> tuple[Any, Any, Any | None]:
+    """Image, samples and label arrays as napari layers hold them → per-case ``(images, samples, labels)``.
+
+    Two layouts are read:
+
+    * one case: image ``(*S)``, samples ``(T, L, *S)``, label ``(*S)``;
+    * N cases along the first axis: image ``(N, *S)``, samples ``(N, T, L, *S)``, label ``(N, *S)``.
+
+    When the shapes fit both (a 3-D image layer with 5-D samples can be one volume or N slices), N cases
+    win if the samples' first axis equals the image's; otherwise one case.
+
+    Raises
+    ------
+    ImportInputError
+        Shapes that fit neither layout (naming both shapes).
+    """
+    img_shape = tuple(np.shape(image))
+    smp_shape = tuple(np.shape(samples))
+    stack = len(img_shape) in (3, 4) and len(smp_shape) == len(img_shape) + 2
+    stack = stack and smp_shape[0] == img_shape[0] and smp_shape[3:] == img_shape[1:]
+    single = len(img_shape) in (2, 3) and smp_shape[2:] == img_shape and len(smp_shape) == len(img_shape) + 2
+    if not (stack or single):
+        raise ImportInputError(
+            f"shape mismatch: samples layer of shape {smp_shape}, image layer of shape {img_shape}: expected samples "
+            "(T, L, *S) for an image (*S), or (N, T, L, *S) for images (N, *S)"
+        )
+    if label is not None and tuple(np.shape(label)) != img_shape:
+        raise ImportInputError(
+            f"shape mismatch: labels layer of shape {tuple(np.shape(label))}, image layer of shape {img_shape}"
+        )
+    if stack:
+        return image, samples, label
+    return [image], [samples], None if label is None else [label]
