@@ -1,8 +1,10 @@
-"""The ``import`` and ``sample`` commands: a user's data or model into a dataset store.
+"""The ``import`` and ``sample`` commands (a user's data or model into a dataset store), and ``prefer-reader``.
 
 * ``napari-conformal import nnunet --images DIR --labels DIR --members DIR [DIR ...] --out STORE``
 * ``napari-conformal import arrays --images DIR --samples DIR [DIR ...] [--labels DIR] --out STORE``
 * ``napari-conformal sample --model MODEL --images DIR --out STORE (--mc-dropout T | --members M ...)``
+* ``napari-conformal prefer-reader [--remove]``: make napari open stores and NIfTI files dropped on its
+  canvas with this plugin (:mod:`napari_conformal.io.reader_preference`).
 
 As every command of :mod:`napari_conformal.cli`: arguments and the output path are checked first, every
 case is checked before the store is written (:mod:`napari_conformal.io.importers`), a bad input ends with
@@ -136,6 +138,12 @@ def add_parsers(sub: Any) -> None:
     sm.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
     _add_store_options(sm, precheck=False)
 
+    pref = sub.add_parser(
+        "prefer-reader",
+        help="make napari open stores (*.zarr) and NIfTI files with napari-conformal (saved in napari's settings)",
+    )
+    pref.add_argument("--remove", action="store_true", help="remove these preferences again")
+
 
 def _check_out(path: str, overwrite: bool, inputs: list[str]) -> Path:
     """Before any work: ``--out`` may become a new store (or replace one with --overwrite)."""
@@ -268,6 +276,26 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return _finish(_run(gen, "sampling", args.quiet), args.quiet)
 
 
+def cmd_prefer_reader(args: argparse.Namespace) -> int:
+    """``prefer-reader``: napari's preferred reader for stores and NIfTI files."""
+    from napari_conformal.io.reader_preference import (
+        PATTERNS,
+        PLUGIN,
+        prefer_plugin_reader,
+        remove_plugin_preference,
+    )
+
+    if args.remove:
+        removed = remove_plugin_preference()
+        print(f"napari's reader preferences for {', '.join(removed) or 'nothing'} removed", file=sys.stderr)
+        return 0
+    before = prefer_plugin_reader()
+    replaced = {p: v for p, v in before.items() if v not in (None, PLUGIN)}
+    note = f" (replacing {', '.join(f'{p}: {v}' for p, v in replaced.items())})" if replaced else ""
+    print(f"napari opens {', '.join(PATTERNS)} with {PLUGIN} from now on{note}", file=sys.stderr)
+    return 0
+
+
 def handlers() -> dict[str, Any]:
     """Command name → handler, for :func:`napari_conformal.cli.main`."""
-    return {"import": cmd_import, "sample": cmd_sample}
+    return {"import": cmd_import, "sample": cmd_sample, "prefer-reader": cmd_prefer_reader}
