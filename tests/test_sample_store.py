@@ -85,8 +85,8 @@ def scripted(tmp_path):
     return save
 
 
-def _sample(tmp_path, model_path, *extra):
-    out = tmp_path / "s.zarr"
+def _sample(tmp_path, model_path, *extra, name="s.zarr"):
+    out = tmp_path / name
     argv = ["sample", "--model", str(model_path), "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
             "--out", str(out), "--device", "cpu", "-q", *extra]  # fmt: skip
     return main(argv), out
@@ -240,3 +240,35 @@ def test_sampling_imports_no_gui():
         "bad = [m for m in ('napari', 'qtpy', 'PyQt6', 'matplotlib') if m in sys.modules]; print(bad); assert not bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_model_axes_on_real_volumes_with_the_demo_unet(tmp_path, scripted):
+    """Real hippocampus MRI (packaged) as NIfTI, the packaged U-Net (trained on (x, y, z) arrays): with
+    --model-axes xyz the mean prediction matches the expert labels (Dice > 0.8), in the wrong order it does not."""
+    from napari_conformal.demo_data import load_demo_data
+    from napari_conformal.models import load_demo_model
+
+    data = load_demo_data("hippocampus-3d", n_images=3)
+    for d in ("img", "lab"):
+        (tmp_path / d).mkdir()
+    for k, (img, lab) in enumerate(zip(data.images, data.labels, strict=True)):  # (x, y, z) volumes
+        nib.save(nib.Nifti1Image(img.astype(np.float32), np.eye(4)), tmp_path / "img" / f"h{k}.nii.gz")
+        nib.save(nib.Nifti1Image(lab.astype(np.uint8), np.eye(4)), tmp_path / "lab" / f"h{k}.nii.gz")
+    model = scripted(load_demo_model("hippocampus-3d"), "hippo.pt")
+
+    def dice(out):
+        store = open_store(out)
+        scores = []
+        for i in range(store.n_images):
+            pred = store.samples(i).astype(np.float32).mean(axis=0).argmax(axis=0)
+            truth = store.label(i)
+            scores += [2 * ((pred == c) & (truth == c)).sum() / ((pred == c).sum() + (truth == c).sum()) for c in (1, 2)]
+        return float(np.mean(scores))
+
+    rc, out = _sample(tmp_path, model, "--mc-dropout", "2", "--model-axes", "xyz")
+    assert rc == 0
+    good = dice(out)
+    np.testing.assert_array_equal(open_store(out).label(0), data.labels[0].transpose(2, 1, 0))
+    rc, wrong = _sample(tmp_path, model, "--mc-dropout", "2", "--model-axes", "zyx", name="wrong.zarr")
+    assert rc == 0
+    assert good > 0.8 and dice(wrong) < good - 0.2, (good, dice(wrong))
