@@ -106,6 +106,10 @@ def main() -> None:
     parser.add_argument("--nu", type=float, default=0.8)
     parser.add_argument("--work", type=Path, help="folder for the inputs and stores (default: a temporary one)")
     parser.add_argument("--quick", action="store_true", help="smoke test: n = 12 volumes of 24³, T = 6")
+    parser.add_argument(
+        "--stages", nargs="+", choices=("import", "crc", "consign"), default=["import", "crc", "consign"],
+        help="stages to run (the calibrations reuse the store of an earlier run in --work)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.n, args.size, args.t, args.alpha = 12, 24, 6, 0.2
@@ -129,7 +133,8 @@ def main() -> None:
         members = [str(nn / f"fold_{k}") for k in range(args.t)]
         common = ["--images", str(nn / "imagesTs"), "--labels", str(nn / "labelsTs"), "--members", *members, "-q"]
         rows = []
-        for name, extra in (("import nnunet", []), ("import nnunet --single-pass", ["--single-pass"])):
+        imports = (("import nnunet", []), ("import nnunet --single-pass", ["--single-pass"]))
+        for name, extra in imports if "import" in args.stages else ():
             store = work / ("store.zarr" if not extra else "store_single.zarr")
             shutil.rmtree(store, ignore_errors=True)
             wall, rss = run_stage([*cli, "import", "nnunet", *common, "--out", str(store), *extra])
@@ -137,14 +142,18 @@ def main() -> None:
         store = work / "store.zarr"
         store_mb = sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) / 2**20
         shutil.rmtree(work / "store_single.zarr", ignore_errors=True)
-        cal = f"0-{args.n // 2 - 1}"
-        for method, extra in (("crc", []), ("consign", ["--nu", str(args.nu)])):
-            out = work / f"calib_{method}.json"
-            argv = [*cli, "calibrate", str(store), "--method", method, "--alpha", str(args.alpha), *extra,
-                    "--cal", cal, "--device", "cpu", "--out", str(out), "-q"]  # fmt: skip
+        n_cal = args.n // 2
+        runs = [("crc", n_cal, args.alpha, []), ("consign", n_cal, args.alpha, ["--nu", str(args.nu)])]
+        runs.append(("consign", max(4, n_cal // 2), 0.2, ["--nu", str(args.nu)]))  # fewer bases in memory
+        for method, n, alpha, extra in runs:
+            if method not in args.stages:
+                continue
+            out = work / f"calib_{method}_{n}.json"
+            argv = [*cli, "calibrate", str(store), "--method", method, "--alpha", str(alpha), *extra,
+                    "--cal", f"0-{n - 1}", "--device", "cpu", "--out", str(out), "-q"]  # fmt: skip
             wall, rss = run_stage(argv)
             lam = json.loads(out.read_text())["lambda_hat"]
-            rows.append((f"calibrate {method} (n = {args.n // 2}, λ̂ = {lam:.4g})", wall, rss))
+            rows.append((f"calibrate {method}, n = {n} calibration volumes, α = {alpha:g} (λ̂ = {lam:.4g})", wall, rss))
         print(
             f"\nN = {args.n} volumes of {args.size}³, T = {args.t}, L = {args.classes}, float16; inputs "
             f"{inputs_mb:.0f} MiB on disk, store {store_mb:.0f} MiB; load average {os.getloadavg()[0]:.1f}\n"
