@@ -11,7 +11,8 @@ Used by the worked example of docs/own_model.md. Writes under OUT::
 The fold predictions stand in for nnU-Net's (neither nnU-Net nor its weights are part of this offline
 example): fold k is MC-dropout pass k of the packaged hippocampus demo U-Net, which takes volumes in the
 NIfTI's own (x, y, z) voxel order; its output is transposed to (z, y, x), the order nnU-Net's SimpleITK
-reader gives and its npz files use.
+reader gives and its npz files use. The 60 volumes that U-Net was trained on are left out (calibration
+and test cases must be exchangeable, and a model's own training cases are not): 70 cases remain.
 
 Run: ``python scripts/hippocampus_as_nnunet.py MSD_FOLDER OUT [--folds 5] [--cases N]``.
 """
@@ -36,6 +37,7 @@ def main() -> None:
 
     import nibabel as nib
 
+    from napari_conformal.demo_data import load_demo_data
     from napari_conformal.models import MCDropoutSampler, load_demo_model
 
     images, labels = args.out / "imagesTs", args.out / "labelsTs"
@@ -47,7 +49,12 @@ def main() -> None:
         json.dumps({"channel_names": {"0": "MRI"}, "labels": {n: k for k, n in enumerate(names)}, "file_ending": ".nii.gz"})
     )
     sampler = MCDropoutSampler(load_demo_model("hippocampus-3d"), args.folds, seed=0)
-    paths = sorted((args.msd / "imagesTr").glob("hippocampus_*.nii.gz"))[: args.cases]
+    trained_on = {int(i) for i in load_demo_data("hippocampus-3d").train_source_ids}
+    paths = [
+        p
+        for p in sorted((args.msd / "imagesTr").glob("hippocampus_*.nii.gz"))
+        if int(p.name[len("hippocampus_") : -len(".nii.gz")]) not in trained_on
+    ][: args.cases]
     for n, path in enumerate(paths):
         case = path.name[: -len(".nii.gz")]
         for link, target in ((images / f"{case}_0000.nii.gz", path), (labels / path.name, args.msd / "labelsTr" / path.name)):
