@@ -10,6 +10,8 @@ The public face (see docs/api.md)::
     metrics = nc.evaluate(store, calib)            # per-image and mean metrics
     calib = nc.calibrate(method="crc", alpha=0.1, images=x, samples=p, labels=y)   # arrays in memory
     per_class = nc.calibrate_per_class(store, "crc", alpha=0.1, cal_indices=range(40))  # one λ̂ per structure
+    store = nc.import_nnunet("imagesTs", ["fold_0", "fold_1"], "data.zarr", labels="labelsTs")
+    store = nc.build_store("data.zarr", images, samples, labels)  # your arrays, checked, atomic
 
 Everything is imported on first use: ``import napari_conformal`` loads neither torch nor Qt. The
 numerical library lives in :mod:`napari_conformal.core` (numpy/torch, no Qt), the dataset store in
@@ -54,6 +56,10 @@ _LAZY = {
     "LAC": "napari_conformal.core.methods.pixelwise",
     "SACP": "napari_conformal.core.methods.sacp",
     "ConformalError": "napari_conformal.errors",
+    "build_store": "napari_conformal.io.importers",
+    "import_nnunet": "napari_conformal.io.importers",
+    "import_arrays": "napari_conformal.io.importers",
+    "sample_store": "napari_conformal.models.store_sampler",
 }
 
 __all__ = [
@@ -74,6 +80,7 @@ __all__ = [
     "RWCPMethod",
     "__version__",
     "available_methods",
+    "build_store",
     "cache_features",
     "calibrate",
     "calibrate_per_class",
@@ -81,8 +88,11 @@ __all__ = [
     "evaluate",
     "evaluate_per_class",
     "extend",
+    "import_arrays",
+    "import_nnunet",
     "make_method",
     "open_store",
+    "sample_store",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -105,7 +115,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_conformal.core.per_class import ClassCalibrations
     from napari_conformal.errors import ConformalError
     from napari_conformal.io.dataset import ArrayDataset
+    from napari_conformal.io.importers import build_store, import_arrays, import_nnunet
     from napari_conformal.io.store import DatasetStore, create_store, open_store
+    from napari_conformal.models.store_sampler import sample_store
 
 
 def __getattr__(name: str) -> Any:

@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--method", default="consign", choices=methods, help="method calibrated at start (default consign)")
     demo.add_argument("--no-calibrate", action="store_true", help="open the store without calibrating")
     _add_report_parser(sub)
+    from napari_conformal.cli_import import add_parsers
+
+    add_parsers(sub)  # import nnunet / import arrays / sample
     return parser
 
 
@@ -623,6 +626,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "make-demo": cmd_make_demo,
         "demo": cmd_demo,
     }
+    from napari_conformal.cli_import import handlers as import_handlers
+
+    handlers.update(import_handlers())
     try:
         return handlers[args.command](args)
     except ConformalError as exc:

@@ -207,6 +207,9 @@ def run_demo(
     int
         Exit status: 0, or 1 when the screenshot's calibration failed or timed out.
     """
+    from napari_conformal._qt_check import require_qt
+
+    require_qt("napari-conformal demo")  # before the store is built: a missing binding is a 1-line error
     import napari
 
     from napari_conformal._terminal import progress_bar as _progress_bar

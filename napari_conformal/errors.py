@@ -12,6 +12,7 @@ __all__ = [
     "CalibrationError",
     "CalibrationFileError",
     "ConformalError",
+    "ImportInputError",
     "InsufficientCalibrationError",
     "LambdaMaxReachedError",
     "NonMonotoneCurveError",
@@ -58,6 +59,13 @@ class Cancelled(Exception):
     """A run was stopped by its ``should_stop()`` callback; nothing partial is returned.
 
     Deliberately not a :class:`ConformalError`: cancelling is not a user error.
+    """
+
+
+class ImportInputError(ConformalError):
+    """The input files of an import (case folders, arrays, a model) do not fit together or are invalid.
+
+    The message names the case, the file and, for a shape mismatch, both shapes.
     """
 
 

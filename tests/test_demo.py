@@ -26,7 +26,7 @@ def test_docks_added_by_napari_share_one_workspace(make_napari_viewer):
 
     viewer = make_napari_viewer(show=True)
     widgets = add_plugin_docks(viewer)
-    assert len(widgets) == 5
+    assert len(widgets) == 6
     assert any(w.viewer is not viewer for w in widgets)  # napari injected proxies
     workspaces = {id(context_for(w.viewer).workspace) for w in widgets}
     assert workspaces == {id(context_for(viewer).workspace)}

@@ -153,6 +153,11 @@ class SampleGenerator(ABC):
         What the model returns along axis 1.
     channel_axis : int or None
         None: every image is ``(*S)`` and gets a channel axis of size 1; 0: every image is ``(C, *S)``.
+    patch_size : sequence of int, optional
+        The model's input size ``(Y, X)`` / ``(Z, Y, X)``: images are sampled window by window and the
+        windows blended (:mod:`napari_conformal.models.sliding_window`). None: whole images.
+    overlap : float
+        Fraction of a window shared with each neighbour when ``patch_size`` is given, in [0, 1).
     """
 
     #: Value of the store's ``sampler`` attribute.
@@ -166,7 +171,11 @@ class SampleGenerator(ABC):
         seed: int | None = 0,
         output: str = "logits",
         channel_axis: int | None = None,
+        patch_size: Sequence[int] | None = None,
+        overlap: float = 0.5,
     ) -> None:
+        from napari_conformal.models.sliding_window import check_patch
+
         if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
             raise ConformalError(f"batch_size must be a positive integer, got {batch_size!r}")
         if seed is not None and (
@@ -182,6 +191,7 @@ class SampleGenerator(ABC):
         self.seed = None if seed is None else int(seed)
         self.output = output
         self.channel_axis = channel_axis
+        self.patch_size, self.overlap = check_patch(patch_size, overlap)
 
     # -- to be provided by subclasses ----------------------------------------------------------
 
@@ -199,6 +209,14 @@ class SampleGenerator(ABC):
         """Context in which the model(s) sit on the device in sampling mode."""
 
     # -- shared pieces -------------------------------------------------------------------------
+
+    def _sample_image_tensor(self, x: torch.Tensor, should_stop: ShouldStop | None) -> torch.Tensor:
+        """Probabilities ``(T, L, *S)`` of one input ``(1, C, *S)``, window by window when ``patch_size``."""
+        if self.patch_size is None:
+            return self._sample_tensor(x, should_stop)
+        from napari_conformal.models.sliding_window import sliding_window
+
+        return sliding_window(lambda w: self._sample_tensor(w, should_stop), x, self.patch_size, self.overlap)
 
     def _to_input(self, image: Any, index: int) -> torch.Tensor:
         arr = np.asarray(image)
@@ -315,11 +333,11 @@ class SampleGenerator(ABC):
                 x = self._to_input(image, i)
                 with torch.inference_mode():
                     if self.seed is None:
-                        probs = self._sample_tensor(x, should_stop)
+                        probs = self._sample_image_tensor(x, should_stop)
                     else:
                         with _fork_rng(self.device):
                             torch.manual_seed(_image_seed(self.seed, key))
-                            probs = self._sample_tensor(x, should_stop)
+                            probs = self._sample_image_tensor(x, should_stop)
                     result = probs.cpu().numpy().astype(np.float32, copy=True)
                 yield result
                 if progress is not None:

@@ -176,15 +176,44 @@ def _check_k(k: int, t: int, index: int) -> int:
     return int(k)
 
 
-def _basis_batch(x: torch.Tensor, k: int, rtol: float, first_index: int = 0) -> tuple[torch.Tensor, ...]:
-    """Basis of a batch ``x`` (B, T, D) float32 → mean, directions, σ, γ (batched), in float64."""
-    x64 = x.to(torch.float64)
-    mean64 = x64.mean(dim=1)  # (B, D)
-    bad = (~torch.isfinite(mean64).all(dim=1)).nonzero().flatten()  # NaN/inf anywhere reach the mean
-    if bad.numel():
-        raise StoreValidationError(f"samples of image {first_index + int(bad[0])} contain NaN or inf")
-    centred = x64.sub_(mean64[:, None, :])  # in place: x64 is ours
-    gram = centred @ centred.transpose(1, 2)  # (B, T, T)
+#: Values per sample row processed at once (float64) in :func:`_basis_batch`; images with more are
+#: handled in column chunks, so a 160³ volume's float64 working copy is never in memory whole.
+_CHUNK_VALUES = 2**21
+
+
+def _column_chunks(d: int, chunk: int) -> list[tuple[int, int]]:
+    return [(a, min(d, a + chunk)) for a in range(0, d, chunk)]
+
+
+def _basis_batch(
+    x: torch.Tensor, k: int, rtol: float, first_index: int = 0, chunk: int = _CHUNK_VALUES
+) -> tuple[torch.Tensor, ...]:
+    """Basis of a batch ``x`` (B, T, D) float32 → mean, directions, σ, γ (batched), in float64.
+
+    The columns (voxel-classes) are processed in chunks of ``chunk``: the Gram matrix is summed over
+    the chunks and the directions are filled chunk by chunk, so the float64 working memory is
+    ``B·T·chunk`` values whatever D is (one chunk when D ≤ ``chunk``: the computation is then the
+    unchunked one, operation for operation).
+    """
+    b, t, d = x.shape
+    spans = _column_chunks(d, chunk)
+
+    def centred(a: int, z: int) -> tuple[torch.Tensor, torch.Tensor]:
+        part = x[:, :, a:z].to(torch.float64)
+        mean64 = part.mean(dim=1)  # (B, z - a)
+        return part.sub_(mean64[:, None, :]), mean64  # in place: part is ours
+
+    mean32 = torch.empty((b, d), dtype=torch.float32, device=x.device)
+    gram = torch.zeros((b, t, t), dtype=torch.float64, device=x.device)
+    for a, z in spans:
+        m, mean64 = centred(a, z)
+        bad = (~torch.isfinite(mean64).all(dim=1)).nonzero().flatten()  # NaN/inf anywhere reach the mean
+        if bad.numel():
+            raise StoreValidationError(f"samples of image {first_index + int(bad[0])} contain NaN or inf")
+        gram += m @ m.transpose(1, 2)
+        mean32[:, a:z] = mean64.to(torch.float32)
+        m_single = m if len(spans) == 1 else None  # one chunk: reused below, not recomputed
+        del m
     evals, evecs = torch.linalg.eigh(gram)  # ascending
     evals = evals.flip(-1)[:, :k]
     evecs = evecs.flip(-1)[:, :, :k]  # (B, T, K)
@@ -192,16 +221,25 @@ def _basis_batch(x: torch.Tensor, k: int, rtol: float, first_index: int = 0) -> 
     keep = sigma > rtol * sigma[:, :1]
     sigma = torch.where(keep, sigma, torch.zeros_like(sigma))
     inv = torch.where(keep, 1.0 / torch.where(keep, sigma, torch.ones_like(sigma)), torch.zeros_like(sigma))
-    directions = ((evecs * inv[:, None, :]).transpose(1, 2) @ centred).to(
-        torch.float32
-    )  # (B, K, D) = Vᵀ M / σ
-    # sign convention: the largest-magnitude entry of u_k is positive
-    peak = directions.abs().argmax(dim=2, keepdim=True)
-    sign = torch.sign(torch.gather(directions, 2, peak)).squeeze(2).to(torch.float64)
+    weights = (evecs * inv[:, None, :]).transpose(1, 2)  # (B, K, T)
+    directions = torch.empty((b, k, d), dtype=torch.float32, device=x.device)
+    best = torch.full((b, k), -1.0, dtype=torch.float32, device=x.device)
+    peak = torch.zeros((b, k), dtype=torch.int64, device=x.device)
+    for a, z in spans:
+        m = centred(a, z)[0] if len(spans) > 1 else m_single
+        directions[:, :, a:z] = (weights @ m).to(torch.float32)  # Vᵀ M / σ
+        del m
+        # sign convention: the largest-magnitude entry of u_k is positive (the first one on ties)
+        value, where = directions[:, :, a:z].abs().max(dim=2)
+        better = value > best
+        best = torch.where(better, value, best)
+        peak = torch.where(better, where + a, peak)
+    m_single = None
+    sign = torch.sign(torch.gather(directions, 2, peak[:, :, None])).squeeze(2).to(torch.float64)
     sign = torch.where(sign == 0, torch.ones_like(sign), sign)
     directions *= sign[:, :, None].to(torch.float32)
     coefficients = (sigma * sign)[:, :, None] * evecs.transpose(1, 2)  # (B, K, T)
-    return mean64.to(torch.float32), directions, sigma, coefficients
+    return mean32, directions, sigma, coefficients
 
 
 def compute_bases(
@@ -260,7 +298,7 @@ def compute_bases(
 
     def flush() -> None:
         check_stop(should_stop)
-        x = torch.stack(pending)
+        x = pending[0].unsqueeze(0) if len(pending) == 1 else torch.stack(pending)  # no copy of a lone image
         t, n_labels, spatial = x.shape[1], x.shape[2], tuple(x.shape[3:])
         mean, directions, sigma, coefficients = _basis_batch(x.reshape(x.shape[0], t, -1), k, rtol, len(out))
         for j in range(x.shape[0]):
