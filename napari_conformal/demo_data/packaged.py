@@ -18,14 +18,22 @@ from napari_conformal.demo_data.catalog import DemoSpec, get_demo
 from napari_conformal.errors import ConformalError
 
 __all__ = [
+    "SLICE_MIN_PIXELS",
+    "SLICES_PER_VOLUME",
     "DemoData",
     "data_dir",
     "largest_slice",
     "load_demo_data",
     "read_npz",
+    "slice_positions",
     "subset_counts",
     "tile_grid",
 ]
+
+#: hippocampus-2d: sagittal slices taken from each volume, at evenly spaced positions
+SLICES_PER_VOLUME = 6
+#: hippocampus-2d: a slice qualifies when it holds at least this many pixels of class 1 (anterior)
+SLICE_MIN_PIXELS = 30
 
 
 def data_dir() -> Path:
@@ -46,6 +54,45 @@ def largest_slice(label_volume: np.ndarray, axis: int = 0) -> int:
     """Index along ``axis`` of the slice with the most foreground (label > 0) voxels (first on ties)."""
     other = tuple(a for a in range(label_volume.ndim) if a != axis)
     return int(np.argmax((np.asarray(label_volume) > 0).sum(axis=other)))
+
+
+def slice_positions(
+    label_volume: np.ndarray,
+    n: int = SLICES_PER_VOLUME,
+    *,
+    fg_class: int = 1,
+    min_pixels: int = SLICE_MIN_PIXELS,
+) -> list[int]:
+    """Indices along axis 0 of ``n`` slices spread evenly over the span of a structure.
+
+    The qualifying slices are those with at least ``min_pixels`` pixels of ``fg_class``; the ``n``
+    positions are evenly spaced between the first and the last of them (``numpy.linspace``,
+    rounded), each moved to the nearest qualifying slice (the lower one on ties). Duplicates are
+    removed, so fewer than ``n`` come back only when fewer than ``n`` slices qualify.
+
+    Parameters
+    ----------
+    label_volume : ndarray, shape (Z, Y, X)
+        Integer labels of one volume.
+    n : int
+        Number of slices wanted (≥ 1).
+    fg_class : int
+        The class whose presence qualifies a slice.
+    min_pixels : int
+        Minimum number of pixels of ``fg_class`` in a qualifying slice.
+
+    Returns
+    -------
+    list of int
+        Sorted, distinct slice indices (empty when no slice qualifies).
+    """
+    counts = (np.asarray(label_volume) == fg_class).reshape(label_volume.shape[0], -1).sum(axis=1)
+    ok = np.flatnonzero(counts >= min_pixels)
+    if ok.size == 0:
+        return []
+    wanted = np.rint(np.linspace(ok[0], ok[-1], int(n))).astype(np.int64)
+    chosen = {int(ok[np.argmin(np.abs(ok - w))]) for w in wanted}
+    return sorted(chosen)
 
 
 def tile_grid(image: np.ndarray, tile: int) -> np.ndarray:
@@ -94,6 +141,10 @@ class DemoData:
         Source identifiers of the model-training images (not in the store).
     slices : list of int
         hippocampus-2d only: index along axis 0 of each slice in its volume.
+    keys : list of int
+        Per-image seed keys of the sampler (the source identifier, and for hippocampus-2d
+        ``1000 · case + slice``), so an image's samples depend neither on the subset nor on its
+        neighbours.
     """
 
     spec: DemoSpec
@@ -103,6 +154,12 @@ class DemoData:
     split: dict[str, list[int]]
     train_source_ids: list[int]
     slices: list[int] = field(default_factory=list)
+    keys: list[int] = field(default_factory=list)
+
+    @property
+    def groups(self) -> list[int]:
+        """The unit of exchangeability of each image: its volume (case number) or source item."""
+        return list(self.source_ids)
 
 
 def _take(data: dict[str, np.ndarray], n_images: int | None) -> tuple[list[int], list[int], list[int]]:
@@ -113,6 +170,23 @@ def _take(data: dict[str, np.ndarray], n_images: int | None) -> tuple[list[int],
     test = [where[int(v)] for v in data["test_ids"]]
     n_cal, n_test = subset_counts(len(cal), len(test), n_images)
     return cal[:n_cal], test[:n_test], [int(v) for v in data["train_ids"]]
+
+
+def _hippocampus_slices(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The packaged volumes cut into :func:`slice_positions` slices (one item per slice)."""
+    ids, images, labels, slices = [], [], [], []
+    for case, vol, lab in zip(data["ids"], data["images"], data["labels"], strict=True):
+        for k in slice_positions(lab):
+            ids.append(int(case))
+            images.append(vol[k])
+            labels.append(lab[k])
+            slices.append(k)
+    return {
+        "ids": np.asarray(ids, dtype=np.int64),
+        "images": np.stack(images),
+        "labels": np.stack(labels),
+        "slices": np.asarray(slices, dtype=np.int64),
+    }
 
 
 def load_demo_data(name: str, *, n_images: int | None = None) -> DemoData:
@@ -129,6 +203,8 @@ def load_demo_data(name: str, *, n_images: int | None = None) -> DemoData:
     Returns
     -------
     DemoData
+        hippocampus-2d holds :data:`SLICES_PER_VOLUME` sagittal slices of every calibration and test
+        volume (:func:`slice_positions`), calibration volumes first: the split is by volume.
     """
     spec = get_demo(name)
     data = read_npz(spec.data_file)
@@ -137,23 +213,37 @@ def load_demo_data(name: str, *, n_images: int | None = None) -> DemoData:
         tiles = tile_grid(data["image"], tile)
         masks = tile_grid(data["mask"], tile)
         data = {**data, "ids": np.arange(len(tiles)), "images": tiles, "labels": masks}
-    cal, test, train_ids = _take(data, n_images)
-    order = cal + test
-    images = data["images"][order]
-    labels = data["labels"][order]
     slices: list[int] = []
     if name == "hippocampus-2d":
-        slices = [largest_slice(v) for v in labels]
-        images = np.stack([v[k] for v, k in zip(images, slices, strict=True)])
-        labels = np.stack([v[k] for v, k in zip(labels, slices, strict=True)])
+        cut = _hippocampus_slices(data)
+        items = [int(v) for v in cut["ids"]]
+        cal_set = {int(v) for v in data["calibration_ids"]}
+        test_set = {int(v) for v in data["test_ids"]}
+        # calibration volumes first, then test volumes, each in the packaged order of case numbers
+        cal = [k for k, v in enumerate(items) if v in cal_set]
+        test = [k for k, v in enumerate(items) if v in test_set]
+        n_cal, n_test = subset_counts(len(cal), len(test), n_images)
+        cal, test = cal[:n_cal], test[:n_test]
+        train_ids = [int(v) for v in data["train_ids"]]
+        order = cal + test
+        slices = [int(cut["slices"][k]) for k in order]
+        data = {**data, **cut}
+    else:
+        cal, test, train_ids = _take(data, n_images)
+        order = cal + test
+    images = data["images"][order]
+    labels = data["labels"][order]
     if images.ndim != spec.ndim + 1:
         raise ConformalError(f"packaged data {spec.data_file}: images have shape {images.shape}")
+    source_ids = [int(data["ids"][k]) for k in order]
+    keys = [1000 * c + k for c, k in zip(source_ids, slices, strict=True)] if slices else list(source_ids)
     return DemoData(
         spec=spec,
         images=images.astype(np.float32) / np.float32(255.0),
         labels=labels.astype(np.uint8),
-        source_ids=[int(data["ids"][k]) for k in order],
+        source_ids=source_ids,
         split={"train": [], "calibration": list(range(len(cal))), "test": list(range(len(cal), len(order)))},
         train_source_ids=train_ids,
         slices=slices,
+        keys=keys,
     )
