@@ -72,9 +72,16 @@ def test_params_rebuild_the_method():
         "n_step": 3,
         "features": "multiscale",
         "model_dir": None,
+        "input_scale": None,
+        "feature_model": None,
+        "feature_layer": None,
         "grid_stride": 2,
         "include_self": False,
         "fg_class": 1,
+        "tune": "off",
+        "tune_fraction": 0.5,
+        "tune_grid": None,
+        "tune_seed": 0,
     }
     assert again.extractor.params() == m.extractor.params()
 

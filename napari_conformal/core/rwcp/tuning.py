@@ -1,0 +1,336 @@
+"""Choosing RW-CP's k, β and n_step for Dice on part of the calibration set, the rest left for λ̂.
+
+The paper chose k, β and n_step "by optimizing for the Dice Similarity score on the calibration
+set" (docs/algorithms.md#rw-cp-tuning). Tuning on the images that then calibrate λ̂ would make λ̂
+depend on them twice, and CRC's guarantee ``E[FNR] ≤ α`` assumes the score map is fixed before
+the calibration images are looked at. So the calibration images are split once, by a seeded
+permutation that looks at nothing but their number (:func:`tuning_split`):
+
+* the **tuning part** chooses the hyper-parameters (:func:`iter_tune`); its labels are read here
+  and nowhere else;
+* the **λ̂ part** computes λ̂ with the chosen hyper-parameters by exact CRC, as without tuning.
+
+The chosen hyper-parameters are a function of the tuning images only, which are independent of the
+λ̂ part and of the test images, so for exchangeable images the λ̂ part and a test image are still
+exchangeable given the chosen map: the guarantee holds exactly, with n = the size of the λ̂ part.
+
+Selection (per candidate h = (k, β, n_step) of the grid):
+
+1. the diffused map ``S_h`` of every tuning image;
+2. the plug-in threshold ``λ_h = inf{λ : R̂_tune(λ) ≤ α*}``, where ``R̂_tune`` is the mean FNR of
+   the tuning images and ``α* = ((m+1)α − 1)/m`` is the target the λ̂ part of m images will face
+   (so the candidates are compared at the stretch they will be used at);
+3. the mean Dice of the sets ``{S_h ≥ 1 − λ_h}`` over the tuning images.
+
+The candidate with the highest mean Dice wins; ties go to the fewer steps (less diffusion), then the
+smaller k, then the smaller β. ``n_step = 0`` is always a candidate: with the feature grid equal to
+the image grid it is standard CRC, so tuning can fall back to "no diffusion" where diffusion does
+not help (on a coarser grid it is the area-averaged and re-interpolated S⁽⁰⁾).
+
+Cost: one feature map and one kNN search (at the largest k) per tuning image; every (k, β) reuses
+the search (the neighbours of a smaller k are a prefix of the sorted list) and every n_step is a
+step of one walk. The diffused maps are kept on the feature grid (float32, M values per candidate
+and image) and upsampled only to score them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_conformal.core.progress import Step, check_stop
+from napari_conformal.core.quantiles import ThresholdRiskCurve, adjusted_alpha
+from napari_conformal.core.rwcp.diffusion import from_grid, random_walk, to_grid
+from napari_conformal.core.rwcp.features import FeatureMap
+from napari_conformal.core.rwcp.graph import TransitionMatrix, kernel_weights, knn_cosine
+from napari_conformal.core.validation import check_alpha, check_calibration_size
+from napari_conformal.errors import InsufficientCalibrationError, ParameterError
+
+__all__ = [
+    "DEFAULT_GRID",
+    "Candidate",
+    "TuningResult",
+    "check_grid",
+    "grid_candidates",
+    "iter_tune",
+    "tuning_split",
+]
+
+#: candidate values searched when no grid is given (a subset of the paper's CAMUS ablation, plus
+#: n_step = 0, "no diffusion")
+DEFAULT_GRID: dict[str, tuple[float, ...]] = {
+    "k": (5, 10, 20, 40),
+    "rw_beta": (5.0, 20.0, 50.0, 100.0),
+    "n_step": (0, 1, 2, 5, 10, 20),
+}
+_KEYS = ("k", "rw_beta", "n_step")
+
+
+@dataclass(frozen=True, order=True)
+class Candidate:
+    """One setting of the searched hyper-parameters (ordered as the tie-break prefers)."""
+
+    n_step: int
+    k: int
+    rw_beta: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"k", "rw_beta", "n_step"}`` in JSON types."""
+        return {"k": int(self.k), "rw_beta": float(self.rw_beta), "n_step": int(self.n_step)}
+
+
+def check_grid(grid: Mapping[str, Any] | None) -> dict[str, tuple[float, ...]]:
+    """The search grid with defaults filled in, validated.
+
+    Parameters
+    ----------
+    grid : mapping, optional
+        Any of ``"k"`` (integers ≥ 1), ``"rw_beta"`` (numbers ≥ 0) and ``"n_step"`` (integers ≥ 0),
+        each a list of candidate values; missing keys take :data:`DEFAULT_GRID`'s.
+
+    Raises
+    ------
+    ParameterError
+        Unknown keys, empty lists or values of the wrong type or range.
+    """
+    grid = dict(grid or {})
+    unknown = sorted(set(grid) - set(_KEYS))
+    if unknown:
+        raise ParameterError(f"tune_grid has unknown keys {unknown}; it takes k, rw_beta and n_step")
+    out: dict[str, tuple[float, ...]] = {}
+    for key in _KEYS:
+        values = grid.get(key, DEFAULT_GRID[key])
+        if isinstance(values, int | float) and not isinstance(values, bool):
+            values = [values]
+        if not isinstance(values, list | tuple) or not values:
+            raise ParameterError(f"tune_grid[{key!r}] must be a non-empty list of numbers, got {values!r}")
+        clean = []
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+                raise ParameterError(f"tune_grid[{key!r}] holds {v!r}, not a number")
+            if key == "rw_beta":
+                if not math.isfinite(float(v)) or float(v) < 0:
+                    raise ParameterError(f"tune_grid['rw_beta'] values must be finite and >= 0, got {v!r}")
+                clean.append(float(v))
+            else:
+                if float(v) != int(v) or int(v) < (1 if key == "k" else 0):
+                    low = 1 if key == "k" else 0
+                    raise ParameterError(f"tune_grid[{key!r}] values must be integers >= {low}, got {v!r}")
+                clean.append(int(v))
+        out[key] = tuple(sorted(set(clean)))
+    return out
+
+
+def grid_candidates(grid: Mapping[str, Sequence[float]], default: Candidate) -> list[Candidate]:
+    """Every distinct setting of the grid; n_step = 0 appears once (k and β do not matter there).
+
+    The n_step = 0 candidate takes ``default``'s k and β when they are in the grid, else the grid's
+    smallest.
+    """
+    out = []
+    for n in grid["n_step"]:
+        if n == 0:
+            k = default.k if default.k in grid["k"] else int(min(grid["k"]))
+            b = default.rw_beta if default.rw_beta in grid["rw_beta"] else float(min(grid["rw_beta"]))
+            out.append(Candidate(0, int(k), float(b)))
+            continue
+        for k in grid["k"]:
+            for b in grid["rw_beta"]:
+                out.append(Candidate(int(n), int(k), float(b)))
+    return sorted(out)
+
+
+def tuning_split(n: int, fraction: float, alpha: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Positions of the tuning part and of the λ̂ part of n calibration images.
+
+    ``⌊fraction · n⌋`` images (at least 1) tune, chosen by ``numpy.random.default_rng(seed)``'s
+    permutation of ``range(n)``: a function of n and the seed only, never of the data. Both parts are
+    returned in ascending order.
+
+    Raises
+    ------
+    InsufficientCalibrationError
+        The λ̂ part would be too small for α (fewer than ``⌈1/α⌉ − 1`` images) or there is nothing
+        to tune on; the message says how many images tuning needs.
+    """
+    a = check_alpha(alpha)
+    if not 0.0 < float(fraction) < 1.0:
+        raise ParameterError(f"tune_fraction must lie in (0, 1), got {fraction!r}")
+    n_tune = max(1, math.floor(float(fraction) * n))
+    n_lambda = n - n_tune
+    need = math.ceil(1.0 / a - 1e-12) - 1
+    if n_lambda < max(need, 1):
+        raise InsufficientCalibrationError(
+            f"tuning takes {n_tune} of the {n} calibration images (tune_fraction={fraction:g}), which leaves "
+            f"{n_lambda} for lambda-hat, fewer than the {need} alpha={a:g} needs; use more calibration images, "
+            f"a smaller tune_fraction, or tune='off'"
+        )
+    order = np.random.default_rng(int(seed)).permutation(n)
+    return sorted(int(j) for j in order[:n_tune]), sorted(int(j) for j in order[n_tune:])
+
+
+@dataclass
+class _Scored:
+    """The diffused maps of one tuning image on its feature grid, and what scoring them needs."""
+
+    maps: np.ndarray  # (n_candidates, *S') float32
+    grid_shape: tuple[int, ...]
+    truth: np.ndarray  # bool (*S,)
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """What :func:`iter_tune` chose and why.
+
+    Attributes
+    ----------
+    chosen : Candidate
+        The winning setting.
+    candidates : list of Candidate
+        Every setting tried, in tie-break order.
+    dice : ndarray, shape (n_candidates,)
+        Mean Dice over the tuning images of each candidate's sets.
+    lambdas : ndarray, shape (n_candidates,)
+        Each candidate's plug-in threshold λ_h on the tuning images.
+    level : float
+        The empirical-FNR target α* the thresholds were taken at.
+    n_tune : int
+        Number of tuning images.
+    """
+
+    chosen: Candidate
+    candidates: list[Candidate]
+    dice: np.ndarray
+    lambdas: np.ndarray
+    level: float
+    n_tune: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per candidate: its settings, λ_h and mean Dice (JSON types)."""
+        return [
+            {**c.as_dict(), "lambda": float(lam), "dice": float(d)}
+            for c, lam, d in zip(self.candidates, self.lambdas, self.dice, strict=True)
+        ]
+
+
+def _diffused_maps(
+    fmap: FeatureMap,
+    base: np.ndarray,
+    candidates: Sequence[Candidate],
+    *,
+    include_self: bool,
+    device: Any,
+    should_stop: Callable[[], bool] | None,
+) -> np.ndarray:
+    """Every candidate's ``s⁽ⁿ⁾`` on the feature grid for one image, shape (n_candidates, *S')."""
+    grid = fmap.grid_shape
+    coarse = to_grid(base, grid).reshape(-1)
+    out = np.empty((len(candidates), *grid), dtype=np.float32)
+    walkers = [c for c in candidates if c.n_step > 0]
+    by_graph: dict[tuple[int, float], int] = {}
+    for c in walkers:
+        by_graph[(c.k, c.rw_beta)] = max(by_graph.get((c.k, c.rw_beta), 0), c.n_step)
+    steps: dict[tuple[int, float], torch.Tensor] = {}
+    if by_graph:
+        k_max = max(k for k, _ in by_graph)
+        neighbors, sim = knn_cosine(
+            torch.from_numpy(fmap.nodes()), k_max, device=device, include_self=include_self, should_stop=should_stop
+        )
+        for (k, b), n_max in by_graph.items():
+            check_stop(should_stop)
+            matrix = TransitionMatrix(neighbors[:, :k].contiguous(), kernel_weights(sim[:, :k], b))
+            steps[(k, b)] = random_walk(matrix, coarse, n_max).cpu()
+    flat0 = coarse.cpu()
+    for j, c in enumerate(candidates):
+        values = flat0 if c.n_step == 0 else steps[(c.k, c.rw_beta)][c.n_step]
+        out[j] = values.reshape(grid).to(torch.float32).numpy()
+    return out
+
+
+def _score(scored: Sequence[_Scored], level: float, n_candidates: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean Dice and plug-in λ of every candidate over the tuning images."""
+    dice = np.zeros(n_candidates)
+    lambdas = np.zeros(n_candidates)
+    for j in range(n_candidates):
+        score_maps = [
+            from_grid(torch.from_numpy(s.maps[j]), s.truth.shape).to(torch.float64).numpy() for s in scored
+        ]
+        curve = ThresholdRiskCurve.from_nonconformity([1.0 - m[s.truth] for m, s in zip(score_maps, scored, strict=True)])
+        lam = curve.lambda_for_risk(level)
+        per_image = []
+        for m, s in zip(score_maps, scored, strict=True):
+            pred = (1.0 - m) <= lam
+            inter = np.count_nonzero(pred & s.truth)
+            per_image.append(2.0 * inter / (np.count_nonzero(pred) + np.count_nonzero(s.truth)))
+        dice[j] = float(np.mean(per_image))
+        lambdas[j] = lam
+    return dice, lambdas
+
+
+def iter_tune(
+    images: Iterable[tuple[FeatureMap, np.ndarray, np.ndarray]],
+    n_tune: int,
+    *,
+    alpha: float,
+    n_lambda: int,
+    grid: Mapping[str, Any] | None = None,
+    default: Candidate | None = None,
+    include_self: bool = False,
+    device: Any = "cpu",
+    should_stop: Callable[[], bool] | None = None,
+) -> Any:
+    """Choose (k, β, n_step) for Dice on the tuning images, as a progress generator.
+
+    Parameters
+    ----------
+    images : iterable of (FeatureMap, ndarray, ndarray)
+        Per tuning image, lazily: its features, ``S⁽⁰⁾`` (shape S, float) and the boolean ground
+        truth of the foreground class (shape S).
+    n_tune : int
+        Number of tuning images (for progress).
+    alpha : float
+        The calibration's risk level.
+    n_lambda : int
+        Size of the λ̂ part (sets the target α* the candidates are compared at).
+    grid : mapping, optional
+        Candidate values (:func:`check_grid`).
+    default : Candidate, optional
+        The method's own setting (k and β of the n_step = 0 candidate).
+    include_self, device, should_stop
+        As for the graph (:func:`~napari_conformal.core.rwcp.graph.knn_cosine`).
+
+    Yields
+    ------
+    Step
+        One per tuning image (stage ``"tuning"``), then one when the candidates are scored.
+
+    Returns
+    -------
+    TuningResult
+    """
+    a = check_alpha(alpha)
+    check_calibration_size(n_lambda, a)
+    level = adjusted_alpha(n_lambda, a)
+    full = check_grid(grid)
+    candidates = grid_candidates(full, default or Candidate(10, 20, 50.0))
+    scored: list[_Scored] = []
+    total = int(n_tune) + 1
+    yield Step(0, total, "tuning")
+    for j, (fmap, base, truth) in enumerate(images):
+        check_stop(should_stop)
+        truth = np.asarray(truth, dtype=bool)
+        maps = _diffused_maps(fmap, np.asarray(base), candidates, include_self=include_self, device=device, should_stop=should_stop)
+        scored.append(_Scored(maps, fmap.grid_shape, truth))
+        yield Step(j + 1, total, "tuning")
+    if not scored:
+        raise InsufficientCalibrationError("no tuning images")
+    dice, lambdas = _score(scored, level, len(candidates))
+    yield Step(total, total, "tuning")
+    best = max(range(len(candidates)), key=lambda j: (round(float(dice[j]), 12), -j))
+    return TuningResult(candidates[best], candidates, dice, lambdas, float(level), len(scored))
