@@ -79,7 +79,7 @@ def test_params_rebuild_the_method():
         "include_self": False,
         "fg_class": 1,
         "tune": "off",
-        "tune_fraction": 0.5,
+        "tune_fraction": 0.25,
         "tune_grid": None,
         "tune_seed": 0,
     }

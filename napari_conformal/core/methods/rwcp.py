@@ -130,7 +130,7 @@ class RWCPMethod(ThresholdFNRMethod):
             label="tuning", choices=("off", "dice"),
         ),
         Option(
-            "tune_fraction", "float", 0.5, "share of the calibration images used for tuning (the rest give λ̂)",
+            "tune_fraction", "float", 0.25, "share of the calibration images used for tuning (the rest give λ̂)",
             label="tuning share", minimum=0.0, maximum=1.0, exclusive_minimum=True,
         ),
         Option(

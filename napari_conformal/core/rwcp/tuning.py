@@ -55,9 +55,12 @@ __all__ = [
     "DEFAULT_GRID",
     "Candidate",
     "TuningResult",
+    "best_candidate",
+    "candidate_maps",
     "check_grid",
     "grid_candidates",
     "iter_tune",
+    "score_candidates",
     "tuning_split",
 ]
 
@@ -174,15 +177,6 @@ def tuning_split(n: int, fraction: float, alpha: float, seed: int = 0) -> tuple[
     return sorted(int(j) for j in order[:n_tune]), sorted(int(j) for j in order[n_tune:])
 
 
-@dataclass
-class _Scored:
-    """The diffused maps of one tuning image on its feature grid, and what scoring them needs."""
-
-    maps: np.ndarray  # (n_candidates, *S') float32
-    grid_shape: tuple[int, ...]
-    truth: np.ndarray  # bool (*S,)
-
-
 @dataclass(frozen=True)
 class TuningResult:
     """What :func:`iter_tune` chose and why.
@@ -219,16 +213,37 @@ class TuningResult:
         ]
 
 
-def _diffused_maps(
+def candidate_maps(
     fmap: FeatureMap,
     base: np.ndarray,
     candidates: Sequence[Candidate],
     *,
-    include_self: bool,
-    device: Any,
-    should_stop: Callable[[], bool] | None,
+    include_self: bool = False,
+    device: Any = "cpu",
+    should_stop: Callable[[], bool] | None = None,
 ) -> np.ndarray:
-    """Every candidate's ``s⁽ⁿ⁾`` on the feature grid for one image, shape (n_candidates, *S')."""
+    """Every candidate's diffused map ``s⁽ⁿ⁾`` of one image, on the feature grid.
+
+    One kNN search at the largest k of the candidates; each (k, β) takes the first k neighbours
+    with their kernel weights and walks to its largest n_step once.
+
+    Parameters
+    ----------
+    fmap : FeatureMap
+        The image's features (grid S').
+    base : ndarray, shape S
+        ``S⁽⁰⁾``.
+    candidates : sequence of Candidate
+    include_self, device, should_stop
+        As in :func:`~napari_conformal.core.rwcp.graph.knn_cosine`.
+
+    Returns
+    -------
+    ndarray of float32, shape (n_candidates, *S')
+        Upsample row j with :func:`~napari_conformal.core.rwcp.diffusion.from_grid` to get the
+        score map RW-CP thresholds with candidate j (bit-identical to what
+        :meth:`~napari_conformal.core.methods.rwcp.RWCPMethod.prepare` computes, up to float32).
+    """
     grid = fmap.grid_shape
     coarse = to_grid(base, grid).reshape(-1)
     out = np.empty((len(candidates), *grid), dtype=np.float32)
@@ -253,24 +268,50 @@ def _diffused_maps(
     return out
 
 
-def _score(scored: Sequence[_Scored], level: float, n_candidates: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean Dice and plug-in λ of every candidate over the tuning images."""
+def score_candidates(
+    maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], level: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean Dice and plug-in threshold of every candidate over the tuning images.
+
+    Parameters
+    ----------
+    maps : sequence of ndarray, each (n_candidates, *S'_i)
+        :func:`candidate_maps` of each tuning image.
+    truths : sequence of bool ndarray, each S_i
+        The ground truth of each tuning image.
+    level : float
+        Target of the empirical FNR (α* of the λ̂ part).
+
+    Returns
+    -------
+    dice : ndarray, shape (n_candidates,)
+        Mean over the images of the Dice of ``{S_h ≥ 1 − λ_h}``.
+    lambdas : ndarray, shape (n_candidates,)
+        ``λ_h = inf{λ : R̂_tune(λ) ≤ level}``.
+    """
+    n_candidates = int(maps[0].shape[0])
     dice = np.zeros(n_candidates)
     lambdas = np.zeros(n_candidates)
     for j in range(n_candidates):
         score_maps = [
-            from_grid(torch.from_numpy(s.maps[j]), s.truth.shape).to(torch.float64).numpy() for s in scored
+            from_grid(torch.from_numpy(np.ascontiguousarray(m[j])), t.shape).to(torch.float64).numpy()
+            for m, t in zip(maps, truths, strict=True)
         ]
-        curve = ThresholdRiskCurve.from_nonconformity([1.0 - m[s.truth] for m, s in zip(score_maps, scored, strict=True)])
+        curve = ThresholdRiskCurve.from_nonconformity([1.0 - m[t] for m, t in zip(score_maps, truths, strict=True)])
         lam = curve.lambda_for_risk(level)
         per_image = []
-        for m, s in zip(score_maps, scored, strict=True):
+        for m, t in zip(score_maps, truths, strict=True):
             pred = (1.0 - m) <= lam
-            inter = np.count_nonzero(pred & s.truth)
-            per_image.append(2.0 * inter / (np.count_nonzero(pred) + np.count_nonzero(s.truth)))
+            inter = np.count_nonzero(pred & t)
+            per_image.append(2.0 * inter / (np.count_nonzero(pred) + np.count_nonzero(t)))
         dice[j] = float(np.mean(per_image))
         lambdas[j] = lam
     return dice, lambdas
+
+
+def best_candidate(dice: np.ndarray) -> int:
+    """Index of the highest mean Dice; ties (to 1e-12) go to the earliest candidate (fewest steps)."""
+    return max(range(len(dice)), key=lambda j: (round(float(dice[j]), 12), -j))
 
 
 def iter_tune(
@@ -319,18 +360,20 @@ def iter_tune(
     level = adjusted_alpha(n_lambda, a)
     full = check_grid(grid)
     candidates = grid_candidates(full, default or Candidate(10, 20, 50.0))
-    scored: list[_Scored] = []
+    maps: list[np.ndarray] = []
+    truths: list[np.ndarray] = []
     total = int(n_tune) + 1
     yield Step(0, total, "tuning")
     for j, (fmap, base, truth) in enumerate(images):
         check_stop(should_stop)
-        truth = np.asarray(truth, dtype=bool)
-        maps = _diffused_maps(fmap, np.asarray(base), candidates, include_self=include_self, device=device, should_stop=should_stop)
-        scored.append(_Scored(maps, fmap.grid_shape, truth))
+        truths.append(np.asarray(truth, dtype=bool))
+        maps.append(
+            candidate_maps(fmap, np.asarray(base), candidates, include_self=include_self, device=device, should_stop=should_stop)
+        )
         yield Step(j + 1, total, "tuning")
-    if not scored:
+    if not maps:
         raise InsufficientCalibrationError("no tuning images")
-    dice, lambdas = _score(scored, level, len(candidates))
+    dice, lambdas = score_candidates(maps, truths, level)
     yield Step(total, total, "tuning")
-    best = max(range(len(candidates)), key=lambda j: (round(float(dice[j]), 12), -j))
-    return TuningResult(candidates[best], candidates, dice, lambdas, float(level), len(scored))
+    best = best_candidate(dice)
+    return TuningResult(candidates[best], candidates, dice, lambdas, float(level), len(maps))
