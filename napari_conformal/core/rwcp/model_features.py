@@ -146,8 +146,9 @@ def state_digest(model: torch.nn.Module) -> str:
     """BLAKE2b-128 of a module's state dict (names, dtypes, shapes and values), to identify its weights."""
     h = hashlib.blake2b(digest_size=16)
     for name, tensor in model.state_dict().items():
-        t = tensor.detach().to("cpu").contiguous()
+        t = tensor.detach().to("cpu")
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        t = t.reshape(-1).contiguous()  # 0-d tensors (batch-norm counters) as one element
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
@@ -264,13 +265,14 @@ class ModelLayerExtractor(FeatureExtractor):
             raise ConformalError(f"the feature model never ran layer(s) {missing} on this input")
         return [caught[j] for j in range(len(self.layers))]
 
-    def _features_2d_or_3d(self, image: np.ndarray, device: torch.device, grid: tuple[int, ...]) -> torch.Tensor:
+    def _layer_features(self, image: np.ndarray, device: torch.device, grid: tuple[int, ...]) -> list[torch.Tensor]:
+        """One (C_l, *grid) map per kept layer of one image (or slice), each L2-normalised per node."""
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
         parts = []
         for act in self.activations(x):
             a = align_to_image(act[0].to("cpu", torch.float32), image.shape)
             parts.append(F.normalize(resample_to_grid(a, grid), dim=0))
-        return torch.cat(parts, dim=0)
+        return parts
 
     def _extract(
         self,
@@ -286,19 +288,22 @@ class ModelLayerExtractor(FeatureExtractor):
         grid = grid_shape_for(image.shape, self.stride_for(image.shape))
         check_stop(should_stop)
         if dims == image.ndim:
-            out = self._features_2d_or_3d(image, run_on, grid)
+            parts = self._layer_features(image, run_on, grid)
             if progress is not None:
                 progress(1, 1)
-            return out.contiguous().numpy()
-        # a 2D network on a volume: slice by slice on the in-plane grid, then resampled along Z
-        slices = []
+            return torch.cat(parts, dim=0).contiguous().numpy()
+        # a 2D network on a volume: slice by slice on the in-plane grid, then area-averaged along Z
+        per_slice: list[list[torch.Tensor]] = []
         for z in range(image.shape[0]):
             check_stop(should_stop)
-            slices.append(self._features_2d_or_3d(image[z], run_on, grid[1:]))
+            per_slice.append(self._layer_features(image[z], run_on, grid[1:]))
             if progress is not None:
                 progress(z + 1, image.shape[0])
-        vol = torch.stack(slices, dim=1)  # (C, Z, y', x')
-        return F.normalize(resample_to_grid(vol, grid), dim=0).contiguous().numpy()
+        layers = []
+        for j in range(len(self.layers)):
+            vol = torch.stack([parts[j] for parts in per_slice], dim=1)  # (C_l, Z, y', x')
+            layers.append(F.normalize(resample_to_grid(vol, grid), dim=0))
+        return torch.cat(layers, dim=0).contiguous().numpy()
 
     def params(self) -> dict[str, Any]:
         """Name, model label and weights digest, layers and grid settings (for ``CALIB.json`` and the feature cache)."""

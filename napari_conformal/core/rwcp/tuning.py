@@ -245,7 +245,7 @@ def candidate_maps(
         :meth:`~napari_conformal.core.methods.rwcp.RWCPMethod.prepare` computes, up to float32).
     """
     grid = fmap.grid_shape
-    coarse = to_grid(base, grid).reshape(-1)
+    coarse = to_grid(np.array(base, dtype=np.float64), grid).reshape(-1)  # a writable copy for torch
     out = np.empty((len(candidates), *grid), dtype=np.float32)
     walkers = [c for c in candidates if c.n_step > 0]
     by_graph: dict[tuple[int, float], int] = {}
