@@ -139,7 +139,9 @@ class StoreData:
                     kw["features"] = default_fmap  # the same extractor as make_method("rwcp"): computed once
                 p = m.prepare(self.images[i], samples, **kw)
                 self.prepared[key].append(p)
-                self.curves[key].append(m.curve(p, self.labels[i], alpha=0.1, nu=NU if key == "aps" else None))
+                self.curves[key].append(
+                    m.curve(p, self.labels[i], alpha=0.1, nu=NU if key == "aps" else None)
+                )
             base = self.prepared["crc"][i].base
             self.base.append(base)
             for e, fmap in fmaps.items():
@@ -181,7 +183,11 @@ def _threshold_metrics(data: StoreData, score: np.ndarray, i: int, lam: float) -
 
 
 def _score_map(data: StoreData, extractor: str, i: int, j: int) -> np.ndarray:
-    return from_grid(torch.from_numpy(np.ascontiguousarray(data.maps[extractor][i][j])), data.truth[i].shape).to(torch.float64).numpy()
+    return (
+        from_grid(torch.from_numpy(np.ascontiguousarray(data.maps[extractor][i][j])), data.truth[i].shape)
+        .to(torch.float64)
+        .numpy()
+    )
 
 
 def tuned_rwcp(
@@ -198,7 +204,12 @@ def tuned_rwcp(
     scores = {i: _score_map(data, extractor, i, j) for i in lam_part + test}
     curve = ThresholdRiskCurve.from_nonconformity([1.0 - scores[i][data.truth[i]] for i in lam_part])
     lam = curve.lambda_hat(alpha)
-    out: dict[str, Any] = {"chosen": data.candidates[j], "tune_dice": float(dice[j]), "lambda": lam, "n_lambda": len(lam_part)}
+    out: dict[str, Any] = {
+        "chosen": data.candidates[j],
+        "tune_dice": float(dice[j]),
+        "lambda": lam,
+        "n_lambda": len(lam_part),
+    }
     if metrics:
         out["metrics"] = _mean_metrics([_threshold_metrics(data, scores[i], i, lam) for i in test])
     else:
@@ -210,19 +221,29 @@ def run_split(data: StoreData, cal: list[int], test: list[int], alpha: float) ->
     """Mean test metrics of every method at α on one split."""
     out: dict[str, dict[str, float]] = {}
     out["base"] = _mean_metrics(
-        [segmentation_metrics(data.base[i] >= 0.5, data.truth[i], reference=data.base[i] >= 0.5, spacing=data.spacing) for i in test]
+        [
+            segmentation_metrics(
+                data.base[i] >= 0.5, data.truth[i], reference=data.base[i] >= 0.5, spacing=data.spacing
+            )
+            for i in test
+        ]
     )
     for key in ("crc", "consema", "rwcp"):
         m = data.methods[key]
         lam = m.lambda_hat([data.curves[key][i] for i in cal], alpha=alpha)
-        rows = [m.evaluate(data.prepared[key][i], data.labels[i], lam, alpha=alpha, spacing=data.spacing) for i in test]
+        rows = [
+            m.evaluate(data.prepared[key][i], data.labels[i], lam, alpha=alpha, spacing=data.spacing)
+            for i in test
+        ]
         out[key] = _mean_metrics(rows)
     aps = data.methods["aps"]
     lam = aps.lambda_hat([data.curves["aps"][i] for i in cal], alpha=alpha, nu=NU)
     rows = []
     for i in test:
         fg = aps.predict(data.prepared["aps"][i], lam)[1]
-        rows.append(segmentation_metrics(fg, data.truth[i], reference=data.base[i] >= 0.5, spacing=data.spacing))
+        rows.append(
+            segmentation_metrics(fg, data.truth[i], reference=data.base[i] >= 0.5, spacing=data.spacing)
+        )
     out["aps"] = _mean_metrics(rows)
     tuned = tuned_rwcp(data, DEFAULT_EXTRACTOR, cal, test, alpha)
     out["rwcp_tuned"] = tuned["metrics"]
@@ -235,7 +256,9 @@ def check_against_api(data: StoreData, cal: list[int], alpha: float) -> dict[str
     from napari_conformal.api import calibrate
 
     fraction = tune_fraction_for(len(cal))
-    calib = calibrate(data.store, "rwcp", alpha=alpha, cal_indices=cal, device="cpu", tune="dice", tune_fraction=fraction)
+    calib = calibrate(
+        data.store, "rwcp", alpha=alpha, cal_indices=cal, device="cpu", tune="dice", tune_fraction=fraction
+    )
     short = tuned_rwcp(data, DEFAULT_EXTRACTOR, cal, [], alpha, metrics=False)
     chosen = short["chosen"].as_dict()
     api_choice = {k: calib.params[k] for k in chosen}
@@ -247,7 +270,12 @@ def check_against_api(data: StoreData, cal: list[int], alpha: float) -> dict[str
             f"{data.name}: the benchmark's tuning disagrees with api.calibrate: {chosen} λ̂={short['lambda']} vs "
             f"{api_choice} λ̂={calib.lambda_hat}"
         )
-    return {"alpha": alpha, "chosen": chosen, "lambda_hat": calib.lambda_hat, "tune_indices": len(calib.tune_indices)}
+    return {
+        "alpha": alpha,
+        "chosen": chosen,
+        "lambda_hat": calib.lambda_hat,
+        "tune_indices": len(calib.tune_indices),
+    }
 
 
 # ----------------------------------------------------------------------------------------- output
@@ -274,7 +302,11 @@ def table_markdown(name: str, results: dict[float, list[dict[str, Any]]], unit: 
     ]
     for a in ALPHAS:
         runs = results[a]
-        keys = ["base", "crc", "consema", "aps", "rwcp", "rwcp_tuned"] if a == ALPHAS[0] else ["crc", "consema", "aps", "rwcp", "rwcp_tuned"]
+        keys = (
+            ["base", "crc", "consema", "aps", "rwcp", "rwcp_tuned"]
+            if a == ALPHAS[0]
+            else ["crc", "consema", "aps", "rwcp", "rwcp_tuned"]
+        )
         for key in keys:
             row = [_fmt([r[key][m] for r in runs], 3 if m in ("coverage", "dice") else 2) for m in METRICS]
             if key == "base":
@@ -292,7 +324,13 @@ def plot(results: dict[str, dict[float, list[dict[str, Any]]]], path: Path) -> N
     names = list(results)
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), sharey=False)
     axes = np.atleast_1d(axes)
-    colours = {"crc": "#00bfff", "consema": "#ff4fa3", "aps": "#7cfc00", "rwcp": "#b8860b", "rwcp_tuned": "#ffa500"}
+    colours = {
+        "crc": "#00bfff",
+        "consema": "#ff4fa3",
+        "aps": "#7cfc00",
+        "rwcp": "#b8860b",
+        "rwcp_tuned": "#ffa500",
+    }
     for ax, name in zip(axes, names, strict=True):
         x = [1 - a for a in ALPHAS]
         for key, colour in colours.items():
@@ -338,17 +376,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", type=int, default=10)
     parser.add_argument("--stores", default=",".join(STORES))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="2 splits of the first 2 stores; nothing written")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 splits of the first 2 stores; nothing written"
+    )
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks_rwcp.md")
-    parser.add_argument("--from-json", type=Path, help="re-render the section and figure from a saved results file")
+    parser.add_argument(
+        "--from-json", type=Path, help="re-render the section and figure from a saved results file"
+    )
     args = parser.parse_args(argv)
     raw_path = REPO / "docs" / "benchmarks_rwcp_table1.json"
     if args.from_json:
         raw = json.loads(args.from_json.read_text())
         results = {n: {float(a): v for a, v in r.items()} for n, r in raw["results"].items()}
-        features = {n: {e: {float(a): v for a, v in r.items()} for e, r in per.items()} for n, per in raw["features"].items()}
+        features = {
+            n: {e: {float(a): v for a, v in r.items()} for e, r in per.items()}
+            for n, per in raw["features"].items()
+        }
         meta = raw["meta"]
-        section = render(results, features, raw["info"], meta["splits"], meta["seconds"], meta["load"][0], meta["load"][1])
+        section = render(
+            results, features, raw["info"], meta["splits"], meta["seconds"], meta["load"][0], meta["load"][1]
+        )
         write_doc(args.doc, section)
         plot(results, REPO / "docs" / "images" / "rwcp_table1_dice.png")
         return 0
@@ -377,7 +424,10 @@ def main(argv: list[str] | None = None) -> int:
             "groups": len(np.unique(data.groups)),
             "cal_groups": data.n_cal_groups,
             "n_cal": [min(n_cal), max(n_cal)],
-            "tune_fraction": [round(tune_fraction_for(min(n_cal)), 3), round(tune_fraction_for(max(n_cal)), 3)],
+            "tune_fraction": [
+                round(tune_fraction_for(min(n_cal)), 3),
+                round(tune_fraction_for(max(n_cal)), 3),
+            ],
             "shape": list(data.truth[0].shape),
             "spacing": list(data.spacing),
             "prepare_seconds": round(data.prepare_seconds, 1),
@@ -390,7 +440,13 @@ def main(argv: list[str] | None = None) -> int:
                 results[name][a].append(run_split(data, cal, test, a))
                 for e in extractors:
                     t = tuned_rwcp(data, e, cal, test, a, metrics=False)
-                    features[name][e][a].append({"tune_dice": t["tune_dice"], "test_dice": t["test_dice"], "chosen": t["chosen"].as_dict()})
+                    features[name][e][a].append(
+                        {
+                            "tune_dice": t["tune_dice"],
+                            "test_dice": t["test_dice"],
+                            "chosen": t["chosen"].as_dict(),
+                        }
+                    )
             log(f"  {name}: split {r + 1}/{reps}")
         del data
     seconds = time.perf_counter() - t_start
@@ -441,10 +497,13 @@ def render(results, features, info, reps, seconds, load0, load1) -> str:
         )
     lines += [
         "",
-        "Each store's tuned RW-CP was checked against `api.calibrate(store, \"rwcp\", tune=\"dice\", …)` on its "
+        'Each store\'s tuned RW-CP was checked against `api.calibrate(store, "rwcp", tune="dice", …)` on its '
         "first split at α = 0.1 (same choice, same λ̂): "
-        + "; ".join(f"`{n}` k = {d['check']['chosen']['k']}, β = {d['check']['chosen']['rw_beta']:g}, "
-                    f"n_step = {d['check']['chosen']['n_step']}" for n, d in info.items())
+        + "; ".join(
+            f"`{n}` k = {d['check']['chosen']['k']}, β = {d['check']['chosen']['rw_beta']:g}, "
+            f"n_step = {d['check']['chosen']['n_step']}"
+            for n, d in info.items()
+        )
         + ".",
         "",
         "![Test DSC against 1 − α](images/rwcp_table1_dice.png)",
@@ -459,19 +518,39 @@ def render(results, features, info, reps, seconds, load0, load1) -> str:
             for r in res[a]:
                 c = r["rwcp_tuned_choice"]
                 choices.setdefault(a, []).append(f"({c['k']}, {c['rw_beta']:g}, {c['n_step']})")
-        lines += ["", "RW-CP (tuned) chose (k, β, n_step): " + "; ".join(
-            f"α = {a}: " + ", ".join(f"{v} ×{choices[a].count(v)}" for v in sorted(set(choices[a]), key=choices[a].index))
-            for a in ALPHAS) + "."]
+        lines += [
+            "",
+            "RW-CP (tuned) chose (k, β, n_step): "
+            + "; ".join(
+                f"α = {a}: "
+                + ", ".join(
+                    f"{v} ×{choices[a].count(v)}" for v in sorted(set(choices[a]), key=choices[a].index)
+                )
+                for a in ALPHAS
+            )
+            + ".",
+        ]
         bands = []
         for a in ALPHAS:
             n_min = info[name]["n_cal"][0]
             lo, hi = _band(n_min, a)
             cov = {k: np.mean([r[k]["coverage"] for r in res[a]]) for k in ("crc", "rwcp", "rwcp_tuned")}
             inside = [k for k, v in cov.items() if v >= lo - 1e-9]
-            bands.append(f"α = {a}: band [{lo:.3f}, {hi:.3f}] (n = {n_min}); " + ", ".join(
-                f"{LABELS[k].split(' (')[0] if k != 'rwcp_tuned' else 'RW-CP (tuned)'} {cov[k]:.3f}"
-                + ("" if k in inside else " (below)") for k in cov))
-        lines += ["", "Mean coverage of the FNR methods against CRC's band [1 − α, 1 − α + 2/(n + 1)]: " + "; ".join(bands) + ".", ""]
+            bands.append(
+                f"α = {a}: band [{lo:.3f}, {hi:.3f}] (n = {n_min}); "
+                + ", ".join(
+                    f"{LABELS[k].split(' (')[0] if k != 'rwcp_tuned' else 'RW-CP (tuned)'} {cov[k]:.3f}"
+                    + ("" if k in inside else " (below)")
+                    for k in cov
+                )
+            )
+        lines += [
+            "",
+            "Mean coverage of the FNR methods against CRC's band [1 − α, 1 − α + 2/(n + 1)]: "
+            + "; ".join(bands)
+            + ".",
+            "",
+        ]
     lines += [
         "### Which features, on the calibration data",
         "",

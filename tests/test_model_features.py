@@ -110,7 +110,11 @@ def test_padding_cells_are_cropped_and_the_grid_is_the_node_grid():
     cropped = align_to_image(torch.ones(2, 12, 8), (10, 7))
     assert tuple(cropped.shape) == (2, 10, 7)
     assert tuple(align_to_image(torch.ones(2, 3, 2), (10, 7)).shape) == (2, 3, 2)  # stride 4: ⌈10/4⌉, ⌈7/4⌉
-    assert tuple(align_to_image(torch.ones(2, 7, 4), (52, 36)).shape) == (2, 7, 4)  # stride 8 of a padded 56 × 40
+    assert tuple(align_to_image(torch.ones(2, 7, 4), (52, 36)).shape) == (
+        2,
+        7,
+        4,
+    )  # stride 8 of a padded 56 × 40
 
 
 def test_model_flags_restored_hooks_removed_and_bad_inputs_refused():
@@ -204,7 +208,9 @@ def test_enlarged_image_gives_feature_cells_of_at_most_two_pixels():
         ext = make_extractor("efficientnet-lite0", input_scale=scale)
         model = ext._load(torch.device("cpu"))
         tap = _stride_taps(model, (4,))[4]
-        handle = model._blocks[tap].register_forward_hook(lambda mod, inp, out, key=scale: seen.__setitem__(key, tuple(out.shape[-2:])))
+        handle = model._blocks[tap].register_forward_hook(
+            lambda mod, inp, out, key=scale: seen.__setitem__(key, tuple(out.shape[-2:]))
+        )
         try:
             fm = ext(img, device="cpu")
         finally:

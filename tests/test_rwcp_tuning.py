@@ -55,7 +55,14 @@ def _calibrate(data, **kw):
     kw.setdefault("tune", "dice")
     kw.setdefault("tune_grid", GRID)
     return calibrate(
-        data, "rwcp", alpha=0.2, cal_indices=range(32), device="cpu", features="multiscale", grid_stride=2, **kw
+        data,
+        "rwcp",
+        alpha=0.2,
+        cal_indices=range(32),
+        device="cpu",
+        features="multiscale",
+        grid_stride=2,
+        **kw,
     )
 
 
@@ -79,12 +86,21 @@ def test_grid_checks_and_candidates():
     full = check_grid(None)
     assert full == {k: tuple(sorted(v)) for k, v in DEFAULT_GRID.items()}
     assert check_grid({"k": [20, 10, 10]})["k"] == (10, 20)
-    for bad in ({"k": [0]}, {"n_step": [-1]}, {"rw_beta": [float("nan")]}, {"steps": [1]}, {"k": []}, {"k": [1.5]}):
+    for bad in (
+        {"k": [0]},
+        {"n_step": [-1]},
+        {"rw_beta": [float("nan")]},
+        {"steps": [1]},
+        {"k": []},
+        {"k": [1.5]},
+    ):
         with pytest.raises(ParameterError, match="tune_grid"):
             check_grid(bad)
     cands = grid_candidates(check_grid(GRID), Candidate(10, 20, 50.0))
     assert len(cands) == 1 + 2 * 2 * 2  # n_step = 0 once: k and β do not matter there
-    assert cands[0] == Candidate(0, 5, 50.0) and cands == sorted(cands)  # the default k = 20 is not in the grid
+    assert cands[0] == Candidate(0, 5, 50.0) and cands == sorted(
+        cands
+    )  # the default k = 20 is not in the grid
     with pytest.raises(ParameterError, match="tune_grid"):
         RWCPMethod(tune="dice", tune_grid={"k": [0]})
 
@@ -113,7 +129,9 @@ def test_calibration_records_disjoint_tuning_and_lambda_images(data):
     doc = json.loads(calib.to_json())
     doc["tune_indices"] = [doc["cal_indices"][0], *doc["tune_indices"][1:]]
     doc["digest"] = _digest(doc)
-    with pytest.raises(CalibrationFileError, match="share images .*lambda-hat would have seen tuning images"):
+    with pytest.raises(
+        CalibrationFileError, match=r"share images .*lambda-hat would have seen tuning images"
+    ):
         Calibration.from_dict(doc)
     doc = json.loads(calib.to_json())
     doc["tuning"] = None
@@ -153,11 +171,21 @@ def test_lambda_hat_never_sees_the_tuning_images(data):
     moved = _calibrate(altered, tune_grid=one)
     assert moved.tune_indices == calib.tune_indices and moved.params == calib.params
     assert moved.lambda_hat == calib.lambda_hat
-    assert moved.tuning["candidates"][0]["dice"] != calib.tuning["candidates"][0]["dice"]  # tuning did see them
+    assert (
+        moved.tuning["candidates"][0]["dice"] != calib.tuning["candidates"][0]["dice"]
+    )  # tuning did see them
     # λ̂ is exactly the untuned calibration of the other images with the chosen setting
     plain = calibrate(
-        data, "rwcp", alpha=0.2, cal_indices=list(calib.cal_indices), device="cpu", features="multiscale",
-        grid_stride=2, k=5, rw_beta=20.0, n_step=4,
+        data,
+        "rwcp",
+        alpha=0.2,
+        cal_indices=list(calib.cal_indices),
+        device="cpu",
+        features="multiscale",
+        grid_stride=2,
+        k=5,
+        rw_beta=20.0,
+        n_step=4,
     )
     assert plain.lambda_hat == calib.lambda_hat
     # while the labels of a λ̂ image do move it
@@ -173,18 +201,34 @@ def test_tuning_scores_are_the_dice_of_the_plug_in_sets(data):
     level = calib.tuning["target_fnr"]
     truths = [data["labels"][i] == 1 for i in calib.tune_indices]
     for row in calib.tuning["candidates"][::3]:
-        m = RWCPMethod(device="cpu", features="multiscale", grid_stride=2, k=row["k"], rw_beta=row["rw_beta"], n_step=row["n_step"])
+        m = RWCPMethod(
+            device="cpu",
+            features="multiscale",
+            grid_stride=2,
+            k=row["k"],
+            rw_beta=row["rw_beta"],
+            n_step=row["n_step"],
+        )
         maps = [m.prepare(data["images"][i], data["samples"][i]).score for i in calib.tune_indices]
-        lam = ThresholdRiskCurve.from_nonconformity([1 - s[t] for s, t in zip(maps, truths, strict=True)]).lambda_for_risk(level)
-        dices = [2 * ((1 - s <= lam) & t).sum() / ((1 - s <= lam).sum() + t.sum()) for s, t in zip(maps, truths, strict=True)]
+        lam = ThresholdRiskCurve.from_nonconformity(
+            [1 - s[t] for s, t in zip(maps, truths, strict=True)]
+        ).lambda_for_risk(level)
+        dices = [
+            2 * ((1 - s <= lam) & t).sum() / ((1 - s <= lam).sum() + t.sum())
+            for s, t in zip(maps, truths, strict=True)
+        ]
         assert row["lambda"] == pytest.approx(lam, abs=1e-5)
         assert row["dice"] == pytest.approx(float(np.mean(dices)), abs=2e-3)
 
 
 def _tune(features, base, truth, n_lambda=40, alpha=0.1):
     gen = iter_tune(
-        zip(features, base, truth, strict=True), len(base), alpha=alpha, n_lambda=n_lambda,
-        grid={"k": [5, 10], "rw_beta": [50.0], "n_step": [0, 2, 8]}, device="cpu",
+        zip(features, base, truth, strict=True),
+        len(base),
+        alpha=alpha,
+        n_lambda=n_lambda,
+        grid={"k": [5, 10], "rw_beta": [50.0], "n_step": [0, 2, 8]},
+        device="cpu",
     )
     try:
         while True:
@@ -195,7 +239,7 @@ def _tune(features, base, truth, n_lambda=40, alpha=0.1):
 
 def test_tuning_diffuses_where_it_helps_and_falls_back_where_it_hurts():
     """Features that show the truth: diffusion wins; features of pure noise: n_step = 0 (no diffusion)."""
-    images, samples, labels = binary_blobs_dataset(12, (24, 24), n_samples=2, noise=3.0, seed=3)
+    _, samples, labels = binary_blobs_dataset(12, (24, 24), n_samples=2, noise=3.0, seed=3)
     base = [s[:, 1].astype(np.float64).mean(axis=0) for s in samples]
     truth = [lab == 1 for lab in labels]
     showing = [FeatureMap(np.stack([t.astype(np.float32), 1 - t.astype(np.float32)]), t.shape) for t in truth]
@@ -211,14 +255,42 @@ def test_tune_options_reach_the_command_line():
     from napari_conformal.cli import build_parser
 
     args = build_parser().parse_args(
-        ["calibrate", "store.zarr", "--method", "rwcp", "--alpha", "0.1", "--cal", "0-9", "--out", "c.json", "--tune", "dice",
-         "--tune-fraction", "0.3", "--tune-grid", '{"k": [10]}', "--tune-seed", "2", "--input-scale", "2",
-         "--feature-model", "demo:nuclei", "--feature-layer", "up.2"]
+        [
+            "calibrate",
+            "store.zarr",
+            "--method",
+            "rwcp",
+            "--alpha",
+            "0.1",
+            "--cal",
+            "0-9",
+            "--out",
+            "c.json",
+            "--tune",
+            "dice",
+            "--tune-fraction",
+            "0.3",
+            "--tune-grid",
+            '{"k": [10]}',
+            "--tune-seed",
+            "2",
+            "--input-scale",
+            "2",
+            "--feature-model",
+            "demo:nuclei",
+            "--feature-layer",
+            "up.2",
+        ]
     )
-    given = {k[len("opt__"):]: v for k, v in vars(args).items() if k.startswith("opt__") and v is not None}
+    given = {k[len("opt__") :]: v for k, v in vars(args).items() if k.startswith("opt__") and v is not None}
     assert given == {
-        "tune": "dice", "tune_fraction": "0.3", "tune_grid": '{"k": [10]}', "tune_seed": "2",
-        "input_scale": "2", "feature_model": "demo:nuclei", "feature_layer": "up.2",
+        "tune": "dice",
+        "tune_fraction": "0.3",
+        "tune_grid": '{"k": [10]}',
+        "tune_seed": "2",
+        "input_scale": "2",
+        "feature_model": "demo:nuclei",
+        "feature_layer": "up.2",
     }
     m = RWCPMethod(**{k: v for k, v in given.items() if not k.startswith("feature") and k != "input_scale"})
     assert (m.tune, m.tune_fraction, m.tune_grid, m.tune_seed) == ("dice", 0.3, {"k": [10]}, 2)
@@ -244,9 +316,18 @@ def test_guarantee_after_tuning_inside_the_exact_band():
     covered = []
     method = RWCPMethod(device="cpu", features="multiscale", grid_stride=2, tune="dice", tune_grid=GRID)
     for r in range(reps):
-        images, samples, labels = binary_blobs_dataset(n_cal + n_test, (24, 24), n_samples=2, noise=2.0, seed=5000 + r)
+        images, samples, labels = binary_blobs_dataset(
+            n_cal + n_test, (24, 24), n_samples=2, noise=2.0, seed=5000 + r
+        )
         labels = _one_pixel_truth(labels, np.random.default_rng(9000 + r))
-        calib = calibrate(method=method, alpha=alpha, images=images, samples=samples, labels=labels, cal_indices=range(n_cal))
+        calib = calibrate(
+            method=method,
+            alpha=alpha,
+            images=images,
+            samples=samples,
+            labels=labels,
+            cal_indices=range(n_cal),
+        )
         assert calib.n == 30 and len(calib.tune_indices) == 10
         tuned = calib.method_object
         count = 0

@@ -18,8 +18,8 @@ from napari_conformal.demo_data.catalog import DemoSpec, get_demo
 from napari_conformal.errors import ConformalError
 
 __all__ = [
-    "SLICE_MIN_PIXELS",
     "SLICES_PER_VOLUME",
+    "SLICE_MIN_PIXELS",
     "DemoData",
     "data_dir",
     "largest_slice",

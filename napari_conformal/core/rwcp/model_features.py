@@ -247,9 +247,17 @@ class ModelLayerExtractor(FeatureExtractor):
         handles = []
         for j, (_name, module, keep_input) in enumerate(self.hooked_modules()):
             if keep_input:
-                handles.append(module.register_forward_pre_hook(lambda m, inp, j=j: caught.__setitem__(j, _first_tensor(inp))))
+                handles.append(
+                    module.register_forward_pre_hook(
+                        lambda m, inp, j=j: caught.__setitem__(j, _first_tensor(inp))
+                    )
+                )
             else:
-                handles.append(module.register_forward_hook(lambda m, inp, out, j=j: caught.__setitem__(j, _first_tensor(out))))
+                handles.append(
+                    module.register_forward_hook(
+                        lambda m, inp, out, j=j: caught.__setitem__(j, _first_tensor(out))
+                    )
+                )
         modes = {m: m.training for m in self.model.modules()}
         try:
             self.model.eval()
@@ -265,7 +273,9 @@ class ModelLayerExtractor(FeatureExtractor):
             raise ConformalError(f"the feature model never ran layer(s) {missing} on this input")
         return [caught[j] for j in range(len(self.layers))]
 
-    def _layer_features(self, image: np.ndarray, device: torch.device, grid: tuple[int, ...]) -> list[torch.Tensor]:
+    def _layer_features(
+        self, image: np.ndarray, device: torch.device, grid: tuple[int, ...]
+    ) -> list[torch.Tensor]:
         """One (C_l, *grid) map per kept layer of one image (or slice), each L2-normalised per node."""
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
         parts = []
@@ -339,7 +349,9 @@ def load_named_model(spec: str) -> tuple[torch.nn.Module, str]:
 
         name = text[len("demo:") :]
         if name not in demo_model_names():
-            raise ConformalError(f"unknown demo model {name!r} in feature_model; choose demo:{', demo:'.join(demo_model_names())}")
+            raise ConformalError(
+                f"unknown demo model {name!r} in feature_model; choose demo:{', demo:'.join(demo_model_names())}"
+            )
         return load_demo_model(name, device="cpu"), text
     raise ConformalError(
         f"feature_model {spec!r} is not a model napari-conformal can load by name (demo:<name>); for your own "

@@ -255,7 +255,11 @@ def candidate_maps(
     if by_graph:
         k_max = max(k for k, _ in by_graph)
         neighbors, sim = knn_cosine(
-            torch.from_numpy(fmap.nodes()), k_max, device=device, include_self=include_self, should_stop=should_stop
+            torch.from_numpy(fmap.nodes()),
+            k_max,
+            device=device,
+            include_self=include_self,
+            should_stop=should_stop,
         )
         for (k, b), n_max in by_graph.items():
             check_stop(should_stop)
@@ -297,7 +301,9 @@ def score_candidates(
             from_grid(torch.from_numpy(np.ascontiguousarray(m[j])), t.shape).to(torch.float64).numpy()
             for m, t in zip(maps, truths, strict=True)
         ]
-        curve = ThresholdRiskCurve.from_nonconformity([1.0 - m[t] for m, t in zip(score_maps, truths, strict=True)])
+        curve = ThresholdRiskCurve.from_nonconformity(
+            [1.0 - m[t] for m, t in zip(score_maps, truths, strict=True)]
+        )
         lam = curve.lambda_for_risk(level)
         per_image = []
         for m, t in zip(score_maps, truths, strict=True):
@@ -368,7 +374,14 @@ def iter_tune(
         check_stop(should_stop)
         truths.append(np.asarray(truth, dtype=bool))
         maps.append(
-            candidate_maps(fmap, np.asarray(base), candidates, include_self=include_self, device=device, should_stop=should_stop)
+            candidate_maps(
+                fmap,
+                np.asarray(base),
+                candidates,
+                include_self=include_self,
+                device=device,
+                should_stop=should_stop,
+            )
         )
         yield Step(j + 1, total, "tuning")
     if not maps:
