@@ -128,6 +128,17 @@ def test_precomputed_features_give_the_same_map(blobs):
     np.testing.assert_array_equal(a.score, c.score)
 
 
+def test_no_diffusion_is_crc_on_any_grid(blobs):
+    """n_step = 0 keeps the model's map bit for bit, also on a coarse feature grid (here 8 × 8 of 16 × 16)."""
+    images, samples, labels = blobs
+    rw = _method(n_step=0, k=3)  # pooled_features: 2 × 2 blocks
+    crc = CRCMethod()
+    for i in range(4):
+        a, b = rw.prepare(images[i], samples[i]), crc.prepare(images[i], samples[i])
+        assert a.extras["grid_shape"] == (8, 8)
+        np.testing.assert_array_equal(a.score, b.score)
+
+
 def test_no_diffusion_at_full_resolution_is_crc(blobs):
     """n_step = 0 on the image grid: S⁽ⁿ⁾ = S⁽⁰⁾ up to float32 rounding, so λ̂ matches CRC."""
     images, samples, labels = blobs

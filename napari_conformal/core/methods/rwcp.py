@@ -324,7 +324,8 @@ class RWCPMethod(ThresholdFNRMethod):
                 f"image shape {np.shape(image)} does not match the samples' spatial shape {base.shape}"
             )
         diffusion = self.diffuse(image, base, features=features, progress=progress, should_stop=should_stop)
-        score = np.asarray(diffusion.final, dtype=np.float64)
+        # no step: the model's own map, bit for bit (RW-CP with n_step = 0 is standard CRC on any grid)
+        score = np.array(base) if self.n_step == 0 else np.asarray(diffusion.final, dtype=np.float64)
         score.flags.writeable = False
         base.flags.writeable = False
         return ThresholdPrepared(

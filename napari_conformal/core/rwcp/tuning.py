@@ -23,9 +23,9 @@ Selection (per candidate h = (k, β, n_step) of the grid):
 3. the mean Dice of the sets ``{S_h ≥ 1 − λ_h}`` over the tuning images.
 
 The candidate with the highest mean Dice wins; ties go to the fewer steps (less diffusion), then the
-smaller k, then the smaller β. ``n_step = 0`` is always a candidate: with the feature grid equal to
-the image grid it is standard CRC, so tuning can fall back to "no diffusion" where diffusion does
-not help (on a coarser grid it is the area-averaged and re-interpolated S⁽⁰⁾).
+smaller k, then the smaller β. ``n_step = 0`` is always a candidate: its map is S⁽⁰⁾ itself, so it
+is standard CRC on any feature grid, and tuning falls back to "no diffusion" where diffusion does
+not help.
 
 Cost: one feature map and one kNN search (at the largest k) per tuning image; every (k, β) reuses
 the search (the neighbours of a smaller k are a prefix of the sorted list) and every n_step is a
@@ -57,6 +57,7 @@ __all__ = [
     "TuningResult",
     "best_candidate",
     "candidate_maps",
+    "candidate_score",
     "check_grid",
     "grid_candidates",
     "iter_tune",
@@ -272,8 +273,25 @@ def candidate_maps(
     return out
 
 
+def candidate_score(
+    maps: np.ndarray, j: int, candidate: Candidate, base: np.ndarray
+) -> np.ndarray:
+    """The score map (image grid, float64) of candidate ``j`` of one image.
+
+    n_step = 0 is ``S⁽⁰⁾`` itself, as :meth:`~napari_conformal.core.methods.rwcp.RWCPMethod.prepare`
+    makes it (standard CRC); any other candidate is its diffused grid map, upsampled.
+    """
+    if candidate.n_step == 0:
+        return np.asarray(base, dtype=np.float64)
+    return from_grid(torch.from_numpy(np.ascontiguousarray(maps[j])), np.shape(base)).to(torch.float64).numpy()
+
+
 def score_candidates(
-    maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], level: float
+    maps: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    level: float,
+    candidates: Sequence[Candidate],
+    bases: Sequence[np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean Dice and plug-in threshold of every candidate over the tuning images.
 
@@ -285,6 +303,10 @@ def score_candidates(
         The ground truth of each tuning image.
     level : float
         Target of the empirical FNR (α* of the λ̂ part).
+    candidates : sequence of Candidate
+        The settings of the maps' rows.
+    bases : sequence of ndarray, each S_i
+        ``S⁽⁰⁾`` of each tuning image (the n_step = 0 map, :func:`candidate_score`).
 
     Returns
     -------
@@ -293,14 +315,11 @@ def score_candidates(
     lambdas : ndarray, shape (n_candidates,)
         ``λ_h = inf{λ : R̂_tune(λ) ≤ level}``.
     """
-    n_candidates = int(maps[0].shape[0])
+    n_candidates = len(candidates)
     dice = np.zeros(n_candidates)
     lambdas = np.zeros(n_candidates)
-    for j in range(n_candidates):
-        score_maps = [
-            from_grid(torch.from_numpy(np.ascontiguousarray(m[j])), t.shape).to(torch.float64).numpy()
-            for m, t in zip(maps, truths, strict=True)
-        ]
+    for j, c in enumerate(candidates):
+        score_maps = [candidate_score(m, j, c, b) for m, b in zip(maps, bases, strict=True)]
         curve = ThresholdRiskCurve.from_nonconformity(
             [1.0 - m[t] for m, t in zip(score_maps, truths, strict=True)]
         )
@@ -368,11 +387,13 @@ def iter_tune(
     candidates = grid_candidates(full, default or Candidate(10, 20, 50.0))
     maps: list[np.ndarray] = []
     truths: list[np.ndarray] = []
+    bases: list[np.ndarray] = []
     total = int(n_tune) + 1
     yield Step(0, total, "tuning")
     for j, (fmap, base, truth) in enumerate(images):
         check_stop(should_stop)
         truths.append(np.asarray(truth, dtype=bool))
+        bases.append(np.asarray(base, dtype=np.float64))
         maps.append(
             candidate_maps(
                 fmap,
@@ -386,7 +407,7 @@ def iter_tune(
         yield Step(j + 1, total, "tuning")
     if not maps:
         raise InsufficientCalibrationError("no tuning images")
-    dice, lambdas = score_candidates(maps, truths, level)
+    dice, lambdas = score_candidates(maps, truths, level, candidates, bases)
     yield Step(total, total, "tuning")
     best = best_candidate(dice)
     return TuningResult(candidates[best], candidates, dice, lambdas, float(level), len(maps))
