@@ -393,7 +393,9 @@ def iter_calibrate(
     nu : float, optional
         Label-wise accuracy in [0, 1) (CONSIGN and pixel-wise methods; refused by the others).
     cal_indices : iterable of int, optional
-        Calibration image indices (default: every image).
+        Calibration image indices (default: every image). A method that tunes (RW-CP with
+        ``tune="dice"``) chooses its hyper-parameters on a seeded part of them and computes λ̂ on the
+        rest: the calibration's ``cal_indices`` are then that rest and ``tune_indices`` the part.
     device : str, optional
         "auto" (default), "cpu", "cuda" or "cuda:i" for methods that compute with torch.
     scheduler : str, optional
@@ -444,6 +446,18 @@ def iter_calibrate(
     m.check_calibration(len(cal), alpha)
     m.check_data(n_labels=dataset.n_labels, n_samples=dataset.n_samples, ndim=dataset.ndim)
     device_used = _device_name(m)
+    tune_positions = m.tuning_positions(len(cal), alpha)  # data-independent; raises if too few would be left
+    tune: list[int] = []
+    tuning = None
+    if tune_positions:
+        # hyper-parameters are chosen on these images only; λ̂ comes from the others (docs/algorithms.md#rw-cp-tuning)
+        chosen = set(tune_positions)
+        tune = [cal[j] for j in sorted(chosen)]
+        cal = [c for j, c in enumerate(cal) if j not in chosen]
+        m.check_calibration(len(cal), alpha)
+        m, tuning = yield from m.iter_tune(
+            _tuning_images(dataset, m, tune), n_tune=len(tune), n_lambda=len(cal), alpha=alpha, nu=nu
+        )
     if m.batch_curves:
         pairs = yield from iter_prepare(dataset, m, cal, scheduler=scheduler)
         curves = yield from m.iter_curves([p for p, _ in pairs], [y for _, y in pairs], alpha=alpha, nu=nu)
@@ -477,9 +491,23 @@ def iter_calibrate(
         store=StoreRef.of(dataset),
         curves=tuple(curves),
         provenance=Provenance.now(device=device_used, seed=split_seed),
+        tune_indices=tuple(tune),
+        tuning=tuning,
     )
     calibration.__dict__["method_object"] = m
     return calibration
+
+
+def _tuning_images(dataset: Any, method: ConformalMethod, indices: Sequence[int]) -> Iterator[Any]:
+    """The tuning images, read and validated one at a time (with cached features where they match)."""
+    from napari_conformal.core.methods.base import TuningImage
+    from napari_conformal.io.dataset import read_image
+
+    cached = feature_cache_matches(dataset, method)
+    for i in indices:
+        image = _with_image(i, lambda i=i: read_image(dataset, i))
+        features = dataset.features(i) if cached else None
+        yield TuningImage(i, image.image, image.samples, image.label, features, dataset.samples_dtype)
 
 
 def calibrate(
@@ -576,7 +604,7 @@ def iter_evaluate(
     calibration : Calibration
         From :func:`calibrate` or :meth:`Calibration.load`.
     test_indices : iterable of int, optional
-        Default: every image not used for calibration (every image for other data).
+        Default: every image not used for calibration or tuning (every image for other data).
     n_samples : sequence of int
         Numbers of sampled members for Chao1 / SEC / correlation (sampling methods only).
     seed : int
@@ -605,7 +633,7 @@ def iter_evaluate(
     same = calibration.store.identity == dataset.identity()
     if check_identity and not same:
         _check_same_data(calibration, dataset)
-    cal = set(calibration.cal_indices) if same else set()
+    cal = set(calibration.images) if same else set()  # λ̂ and tuning images: neither is a test image
     if same and calibration.store.n_images != dataset.n_images:
         raise StoreValidationError("the data's image count differs from the calibration's record")
     if test_indices is None:

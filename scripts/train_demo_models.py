@@ -16,6 +16,9 @@ Training data (never part of a demo store):
 * hippocampus-3d / hippocampus-2d: the 60 training volumes of the split, read from the raw
   MSD folder (``--hippocampus``, default ``../shared/data/msd_hippocampus``) with the same
   preprocessing as the packaged volumes; 2D: every axis-0 slice holding hippocampus.
+* hippocampus-2d-fewshot: the same, from only the first 3 training volumes (lowest case numbers),
+  a smaller U-Net and few iterations: a deliberately weak model whose probabilities miss much of
+  the structure, the regime where CRC must inflate its sets a lot.
 * brain-mri: the training slices of the MNI152 template (nilearn, offline).
 * nuclei: the training tiles of the packaged image.
 
@@ -54,11 +57,15 @@ class Recipe:
     lr: float
     flip_axes: tuple[int, ...]  # spatial axes that may be flipped
     rot90: bool  # random 90° rotations of the last two axes (square images only)
+    n_volumes: int | None = None  # hippocampus: train on the first n training volumes only
 
 
 RECIPES = {
     "hippocampus-3d": Recipe(iterations=400, batch_size=4, lr=3e-3, flip_axes=(0,), rot90=False),
     "hippocampus-2d": Recipe(iterations=600, batch_size=16, lr=3e-3, flip_axes=(), rot90=False),
+    "hippocampus-2d-fewshot": Recipe(
+        iterations=300, batch_size=16, lr=3e-3, flip_axes=(), rot90=False, n_volumes=3
+    ),
     "brain-mri": Recipe(iterations=500, batch_size=8, lr=3e-3, flip_axes=(1,), rot90=False),
     "nuclei": Recipe(iterations=400, batch_size=8, lr=3e-3, flip_axes=(0, 1), rot90=True),
 }
@@ -71,12 +78,15 @@ def training_data(name: str, hippocampus_root: Path) -> tuple[np.ndarray, np.nda
     """Images float32 in [0, 1] ``(N, *S)`` and labels uint8 of the model-training part."""
     if name.startswith("hippocampus"):
         train_ids = packaged.read_npz("hippocampus.npz")["train_ids"]
+        n_volumes = RECIPES[name].n_volumes
+        if n_volumes is not None:
+            train_ids = np.sort(train_ids)[:n_volumes]
         ids, images, labels = sources.read_hippocampus(hippocampus_root)
         keep = np.isin(ids, train_ids)
         if keep.sum() != len(train_ids):
             raise SystemExit(f"{hippocampus_root} lacks some training volumes of the split")
         images, labels = images[keep], labels[keep]
-        if name == "hippocampus-2d":
+        if name.startswith("hippocampus-2d"):
             has_fg = labels.reshape(labels.shape[0], labels.shape[1], -1).max(axis=2) > 0  # (N, X)
             images = np.concatenate([v[m] for v, m in zip(images, has_fg, strict=True)])
             labels = np.concatenate([v[m] for v, m in zip(labels, has_fg, strict=True)])
@@ -202,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only or list(RECIPES):
         recipe = RECIPES[name]
         if args.iterations:
-            recipe = Recipe(args.iterations, recipe.batch_size, recipe.lr, recipe.flip_axes, recipe.rot90)
+            recipe = Recipe(
+                args.iterations, recipe.batch_size, recipe.lr, recipe.flip_axes, recipe.rot90, recipe.n_volumes
+            )
         images, labels = training_data(name, args.hippocampus)
         print(f"{name}: {len(images)} training images {images.shape[1:]}", flush=True)
         t0 = time.time()

@@ -95,7 +95,7 @@ def test_json_round_trip_is_identical(calibrations, name, tmp_path):
     calib = calibrations[name]
     text = calib.to_json()
     doc = json.loads(text)
-    assert doc["format"] == FORMAT and doc["schema_version"] == SCHEMA_VERSION == 1
+    assert doc["format"] == FORMAT and doc["schema_version"] == SCHEMA_VERSION == 2
     assert doc["method"] == name and doc["n"] == N_CAL and doc["cal_indices"] == list(CAL)
     assert doc["store"]["n_images"] == N_IMAGES and doc["store"]["path"].endswith(f"{kind(name)}.zarr")
     assert doc["guarantee"] == calib.guarantee()
@@ -231,7 +231,7 @@ EDITS = [
     ("store fields", lambda d: _edit(d, "store", {"path": None}), True, r"store must be \{path, identity, n_images\}"),
     ("missing key", lambda d: d.pop("guarantee") and d, True, r"the calibration lacks guarantee"),
     ("extra key", lambda d: _edit(d, "comment", "hi"), True, r"the calibration has unknown keys comment"),
-    ("schema 2", lambda d: _edit(d, "schema_version", 2), True, r"calibration schema version 2 is not one this napari-conformal reads \(it reads version 1\)"),
+    ("schema 3", lambda d: _edit(d, "schema_version", 3), True, r"calibration schema version 3 is not one this napari-conformal reads \(it reads versions 1, 2\)"),
     ("schema missing", lambda d: d.pop("schema_version") and d, True, r"calibration schema version None is not one"),
     ("format", lambda d: _edit(d, "format", "other-tool"), True, r"not a napari-conformal calibration \(format 'other-tool'\)"),
 ]  # fmt: skip

@@ -219,8 +219,12 @@ def test_curve_empty_errors() -> None:
     fg, label = _centre_case()
     with pytest.raises(CalibrationError, match="empty foreground"):
         m.curve(m.prepare(None, _one_sample(fg)), np.zeros_like(label))
-    with pytest.raises(CalibrationError, match=r"hard prediction .* is empty"):
-        m.curve(m.prepare(None, _one_sample(np.zeros((5, 5)))), label)
+    # an empty prediction is no error: only the whole image (q̂ = d_max) covers it
+    empty = m.prepare(None, _one_sample(np.zeros((5, 5))))
+    curve = m.curve(empty, label)
+    assert curve.score(m.tau_at(0.1)) == empty.cap == 10
+    assert m.realised(curve, float(empty.cap), alpha=0.1) == 1.0
+    assert m.realised(curve, float(empty.cap - 1), alpha=0.1) == 0.0
 
 
 def _curve(distances: list[int], cap: int = 10) -> ConsemaCurve:

@@ -98,11 +98,18 @@ def test_diffusion_steps_are_consistent():
         d.step(4)
 
 
-def test_zero_steps_is_the_resampled_input():
+def test_zero_steps_is_the_input_itself():
+    """No step resamples nothing: step 0 on the image grid is S⁽⁰⁾, not its blurred grid copy."""
     shape, grid = (8, 8), (4, 4)
     s0 = np.random.default_rng(7).random(shape)
     d = diffuse(_random_matrix(16, k=3), s0, grid, n_step=0)
-    np.testing.assert_allclose(d.final, from_grid(to_grid(s0, grid), shape).numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(d.final, s0.astype(np.float32))
+    np.testing.assert_allclose(d.grid_steps[0], to_grid(s0, grid).numpy())  # the walk starts from the grid copy
+    assert not np.allclose(d.final, from_grid(to_grid(s0, grid), shape).numpy(), atol=1e-3)
+    two = diffuse(_random_matrix(16, k=3), s0, grid, n_step=2)
+    np.testing.assert_array_equal(two.step(0), s0.astype(np.float32))
+    np.testing.assert_array_equal(two.all_steps()[0], s0.astype(np.float32))
+    np.testing.assert_allclose(two.step(1), from_grid(two.grid_steps[1], shape).numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize(

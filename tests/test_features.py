@@ -136,7 +136,7 @@ def test_efficientnet_3d_shape(no_network):
 def test_efficientnet_3d_equals_slice_features_averaged(no_network):
     """Z pooling averages the per-slice features (then renormalises per scale)."""
     vol = np.random.default_rng(2).normal(size=(2, 16, 16)).astype(np.float32)
-    ext = make_extractor("efficientnet-lite0", grid_stride=2)
+    ext = make_extractor("efficientnet-lite0", grid_stride=2, input_scale=1.0)
     fm = ext(vol, device="cpu")
     assert fm.grid_shape == (1, 8, 8)
     # the volume's percentile normalisation, applied by hand to each slice: a
@@ -277,5 +277,5 @@ def test_user_callable():
 
 
 def test_available_extractors():
-    assert set(feat.available_extractors()) == {"efficientnet-lite0", "dinov2", "dinov3", "multiscale"}
+    assert set(feat.available_extractors()) == {"efficientnet-lite0", "dinov2", "dinov3", "multiscale", "model"}
     assert math.isclose(sum(feat.IMAGENET_MEAN), 1.347)

@@ -72,9 +72,16 @@ def test_params_rebuild_the_method():
         "n_step": 3,
         "features": "multiscale",
         "model_dir": None,
+        "input_scale": None,
+        "feature_model": None,
+        "feature_layer": None,
         "grid_stride": 2,
         "include_self": False,
         "fg_class": 1,
+        "tune": "off",
+        "tune_fraction": 0.25,
+        "tune_grid": None,
+        "tune_seed": 0,
     }
     assert again.extractor.params() == m.extractor.params()
 
@@ -119,6 +126,17 @@ def test_precomputed_features_give_the_same_map(blobs):
     fm = m.compute_features(images[1])
     c = m.prepare(images[1], samples[1], features=fm)
     np.testing.assert_array_equal(a.score, c.score)
+
+
+def test_no_diffusion_is_crc_on_any_grid(blobs):
+    """n_step = 0 keeps the model's map bit for bit, also on a coarse feature grid (here 8 × 8 of 16 × 16)."""
+    images, samples, labels = blobs
+    rw = _method(n_step=0, k=3)  # pooled_features: 2 × 2 blocks
+    crc = CRCMethod()
+    for i in range(4):
+        a, b = rw.prepare(images[i], samples[i]), crc.prepare(images[i], samples[i])
+        assert a.extras["grid_shape"] == (8, 8)
+        np.testing.assert_array_equal(a.score, b.score)
 
 
 def test_no_diffusion_at_full_resolution_is_crc(blobs):

@@ -8,17 +8,23 @@ make the object answer other levels without per-image work: :meth:`Calibration.l
 method's reduction over them (CRC, RW-CP, Consema, pixel-wise sets: every α and ν; CONSIGN: every
 α whose box quantile level the curves hold, every ν up to the one searched).
 
-The JSON schema (``schema_version`` 1) is written and read only here (:meth:`~Calibration.to_json`,
-:meth:`~Calibration.from_json`)::
+The JSON schema (``schema_version`` 2; version 1 files, which predate tuning, are read too) is
+written and read only here (:meth:`~Calibration.to_json`, :meth:`~Calibration.from_json`)::
 
-    {"format": "napari-conformal-calibration", "schema_version": 1,
+    {"format": "napari-conformal-calibration", "schema_version": 2,
      "method": "crc", "alpha": 0.1, "nu": null, "k": null, "lambda_hat": 0.53, "n": 20,
-     "cal_indices": [...], "version": "0.1.0",
+     "cal_indices": [...], "tune_indices": [], "tuning": null, "version": "0.1.0",
      "store": {"path": "...", "identity": "...", "n_images": 70},
      "params": {...the method's options...}, "guarantee": "On average ...",
      "provenance": {"version": ..., "created": ..., "device": ..., "seed": ..., ...},
      "curves": [...one object per calibration image...],
      "digest": "<BLAKE2b-128 of the rest>"}
+
+``cal_indices`` are the images λ̂ was computed on (one curve each). A method that chooses its
+hyper-parameters on part of the calibration images (RW-CP with ``tune="dice"``,
+docs/algorithms.md#rw-cp-tuning) records that part in ``tune_indices`` — disjoint from
+``cal_indices``, so a reader can check that λ̂ never saw them — and what it chose, and from what,
+in ``tuning``.
 
 Reading checks everything a truncated, edited or foreign file could break, and raises
 :class:`~napari_conformal.errors.CalibrationFileError` with one line saying what: the format and
@@ -45,7 +51,9 @@ from napari_conformal.errors import CalibrationFileError, ConformalError
 __all__ = ["FORMAT", "SCHEMA_VERSION", "Calibration", "Provenance", "StoreRef"]
 
 FORMAT = "napari-conformal-calibration"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: schema versions this version reads (1: before tuning, without ``tune_indices`` and ``tuning``)
+READS_VERSIONS = (1, 2)
 _KEYS = (
     "format",
     "schema_version",
@@ -56,6 +64,8 @@ _KEYS = (
     "lambda_hat",
     "n",
     "cal_indices",
+    "tune_indices",
+    "tuning",
     "version",
     "store",
     "params",
@@ -174,13 +184,18 @@ class Calibration:
     lambda_hat : float
         λ̂ at (α, ν).
     cal_indices : tuple of int
-        The calibration images, in the order of ``curves``.
+        The calibration images λ̂ was computed on, in the order of ``curves``.
     store : StoreRef
         The data.
     curves : tuple
         One calibration curve per calibration image (the method's own type).
     provenance : Provenance
         Version, time, device, seed.
+    tune_indices : tuple of int
+        Calibration images the method chose its hyper-parameters on (empty without tuning);
+        disjoint from ``cal_indices``: λ̂ never saw them.
+    tuning : dict or None
+        What the tuning chose and the score of every candidate (JSON types), None without tuning.
     """
 
     method: str
@@ -192,13 +207,27 @@ class Calibration:
     store: StoreRef
     curves: tuple[Any, ...] = field(repr=False)
     provenance: Provenance = field(repr=False)
+    tune_indices: tuple[int, ...] = ()
+    tuning: dict[str, Any] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        overlap = sorted(set(self.tune_indices) & set(self.cal_indices))
+        if overlap:
+            raise ConformalError(f"tuning images {overlap[:10]} are also calibration images of lambda-hat")
+        if (self.tuning is None) != (not self.tune_indices):
+            raise ConformalError("a calibration has tuning images exactly when it has a tuning record")
 
     # -- what it is ------------------------------------------------------------------------------
 
     @property
     def n(self) -> int:
-        """Number of calibration images."""
+        """Number of calibration images λ̂ was computed on."""
         return len(self.cal_indices)
+
+    @property
+    def images(self) -> tuple[int, ...]:
+        """Every image the calibration used: ``cal_indices`` then ``tune_indices`` (none is a test image)."""
+        return tuple(self.cal_indices) + tuple(self.tune_indices)
 
     @property
     def k(self) -> int | None:
@@ -290,6 +319,8 @@ class Calibration:
             "lambda_hat": float(self.lambda_hat),
             "n": self.n,
             "cal_indices": [int(i) for i in self.cal_indices],
+            "tune_indices": [int(i) for i in self.tune_indices],
+            "tuning": None if self.tuning is None else _jsonable(dict(self.tuning), "tuning"),
             "version": self.provenance.version,
             "store": dataclasses.asdict(self.store),
             "params": _jsonable(dict(self.params), "params"),
@@ -362,13 +393,14 @@ class Calibration:
                 )
             raise CalibrationFileError(f"not a napari-conformal calibration (format {doc.get('format')!r})")
         version = doc.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if isinstance(version, bool) or version not in READS_VERSIONS:
             raise CalibrationFileError(
                 f"calibration schema version {version!r} is not one this napari-conformal reads (it reads "
-                f"version {SCHEMA_VERSION}); use the version that wrote it, or calibrate again"
+                f"versions {', '.join(map(str, READS_VERSIONS))}); use the version that wrote it, or calibrate again"
             )
-        missing = [k for k in _KEYS if k not in doc]
-        extra = sorted(set(doc) - set(_KEYS))
+        keys = _KEYS if version == 2 else tuple(k for k in _KEYS if k not in ("tune_indices", "tuning"))
+        missing = [k for k in keys if k not in doc]
+        extra = sorted(set(doc) - set(keys))
         if missing or extra:
             what = (f"lacks {', '.join(missing)}" if missing else "") + (
                 f"{'; ' if missing else ''}has unknown keys {', '.join(extra)}" if extra else ""
@@ -400,14 +432,30 @@ class Calibration:
             raise CalibrationFileError(
                 f"cal_indices must hold n = {n} distinct images, it holds {len(cal)} ({len(set(cal))} distinct)"
             )
+        tune = doc.get("tune_indices", [])
+        if not (isinstance(tune, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in tune)):
+            raise CalibrationFileError("tune_indices must be a list of non-negative integers")
+        if len(set(tune)) != len(tune):
+            raise CalibrationFileError("tune_indices must be distinct")
+        shared = sorted(set(tune) & set(cal))
+        if shared:
+            raise CalibrationFileError(
+                f"tune_indices and cal_indices share images {shared[:10]}: lambda-hat would have seen tuning images"
+            )
+        tuning = doc.get("tuning")
+        if tuning is not None and not isinstance(tuning, dict):
+            raise CalibrationFileError("tuning must be an object or null")
+        if (tuning is None) != (not tune):
+            raise CalibrationFileError("tuning must be recorded exactly when tune_indices is not empty")
         store = doc["store"]
         if not (isinstance(store, dict) and set(store) == {"path", "identity", "n_images"}):
             raise CalibrationFileError("store must be {path, identity, n_images}")
         if not (store["path"] is None or isinstance(store["path"], str)) or not isinstance(store["identity"], str):
             raise CalibrationFileError("store path must be text or null and its identity text")
         n_images = _integer(store, "n_images", 1, where="store n_images")
-        if max(cal) >= n_images:
-            raise CalibrationFileError(f"cal_indices reach {max(cal)}, but the data has {n_images} images")
+        for what, indices in (("cal_indices", cal), ("tune_indices", tune)):
+            if indices and max(indices) >= n_images:
+                raise CalibrationFileError(f"{what} reach {max(indices)}, but the data has {n_images} images")
         params = doc["params"]
         if not isinstance(params, dict):
             raise CalibrationFileError("params must be an object")
@@ -454,6 +502,8 @@ class Calibration:
             store=StoreRef(store["path"], store["identity"], n_images),
             curves=tuple(curves),
             provenance=Provenance(**prov),
+            tune_indices=tuple(tune),
+            tuning=tuning,
         )
         out.__dict__["method_object"] = obj
         try:

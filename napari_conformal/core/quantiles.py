@@ -290,6 +290,14 @@ class ThresholdRiskCurve:
         where this is the split-CP order statistic); otherwise ``R̂`` carries
         float64 round-off (~1e-16 relative).
         """
-        target = adjusted_alpha(self.n, alpha, 1.0)
-        k = int(np.searchsorted(self.risk, target, side="right")) - 1
+        return self.lambda_for_risk(adjusted_alpha(self.n, alpha, 1.0))
+
+    def lambda_for_risk(self, target: float) -> float:
+        """``inf{λ ≥ 0 : R̂_n(λ) ≤ target}``: the smallest λ whose empirical FNR is at most ``target``.
+
+        With ``target = α*`` (:func:`adjusted_alpha`) this is :meth:`lambda_hat`; other targets give
+        plug-in thresholds without a guarantee (e.g. for choosing hyper-parameters). A target below
+        0 is treated as 0 (every ground-truth pixel kept).
+        """
+        k = int(np.searchsorted(self.risk, max(float(target), 0.0), side="right")) - 1
         return max(float(self.values[k]), 0.0)

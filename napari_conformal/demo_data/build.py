@@ -41,7 +41,7 @@ DEMO_SEED = 0
 #: Samples are stored as multiples of 1/QUANTIZATION (exact in float16, sums exactly 1).
 QUANTIZATION = 2048
 #: Bumped whenever the content of a demo store changes for the same inputs.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: hippocampus-2d: six slices per volume; nuclei: 32 × 32 quadrants of the tiles
 CACHE_ENV = "NAPARI_CONFORMAL_CACHE"
 
 Progress = Callable[[int, int], Any]
@@ -189,6 +189,8 @@ def build_demo_store(
             "package_version": __version__,
             "source_ids": data.source_ids,
             "slices": data.slices,
+            "quadrants": data.quadrants,
+            "sample_keys": data.keys,
             "train_source_ids": data.train_source_ids,
             "samples_quantization": f"multiples of 1/{QUANTIZATION}",
             "licence": spec.licence,
@@ -214,7 +216,7 @@ def build_demo_store(
                 sampler=sampler.name,
                 overwrite=True,
             )
-            samples = sampler.iter_samples(data.images, keys=data.source_ids, should_stop=should_stop)
+            samples = sampler.iter_samples(data.images, keys=data.keys, should_stop=should_stop)
             for i, smp in enumerate(samples):
                 smp = quantize_probabilities(smp, axis=1, denominator=QUANTIZATION)
                 store.write_image(i, image=data.images[i], samples=smp, label=data.labels[i])

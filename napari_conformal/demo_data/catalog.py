@@ -91,6 +91,17 @@ DEMOS: dict[str, DemoSpec] = {
             _HIPPOCAMPUS_ATTRIBUTION,
         ),
         DemoSpec(
+            "hippocampus-2d-fewshot",
+            "Hippocampus MRI slices, a weak few-shot model (2D, 3 classes)",
+            "hippocampus.npz",
+            2,
+            ("background", "anterior", "posterior"),
+            (1.0, 1.0),
+            "CC-BY-SA-4.0",
+            "LICENSE-hippocampus.txt",
+            _HIPPOCAMPUS_ATTRIBUTION,
+        ),
+        DemoSpec(
             "brain-mri",
             "Brain MRI template slices, white matter (2D, binary)",
             "brain_mri.npz",

@@ -18,14 +18,26 @@ from napari_conformal.demo_data.catalog import DemoSpec, get_demo
 from napari_conformal.errors import ConformalError
 
 __all__ = [
+    "SLICES_PER_VOLUME",
+    "SLICE_MIN_PIXELS",
     "DemoData",
     "data_dir",
     "largest_slice",
     "load_demo_data",
     "read_npz",
+    "slice_positions",
     "subset_counts",
     "tile_grid",
 ]
+
+#: hippocampus-2d: sagittal slices taken from each volume, at evenly spaced positions
+SLICES_PER_VOLUME = 6
+#: hippocampus-2d: a slice qualifies when it holds at least this many pixels of class 1 (anterior)
+SLICE_MIN_PIXELS = 30
+#: nuclei: each packaged tile is cut into this many parts per side (64 × 64 → four 32 × 32 images)
+NUCLEI_QUADRANT_DIVISOR = 2
+#: nuclei: a quadrant is kept when it holds at least this many nucleus pixels
+NUCLEI_MIN_PIXELS = 20
 
 
 def data_dir() -> Path:
@@ -46,6 +58,45 @@ def largest_slice(label_volume: np.ndarray, axis: int = 0) -> int:
     """Index along ``axis`` of the slice with the most foreground (label > 0) voxels (first on ties)."""
     other = tuple(a for a in range(label_volume.ndim) if a != axis)
     return int(np.argmax((np.asarray(label_volume) > 0).sum(axis=other)))
+
+
+def slice_positions(
+    label_volume: np.ndarray,
+    n: int = SLICES_PER_VOLUME,
+    *,
+    fg_class: int = 1,
+    min_pixels: int = SLICE_MIN_PIXELS,
+) -> list[int]:
+    """Indices along axis 0 of ``n`` slices spread evenly over the span of a structure.
+
+    The qualifying slices are those with at least ``min_pixels`` pixels of ``fg_class``; the ``n``
+    positions are evenly spaced between the first and the last of them (``numpy.linspace``,
+    rounded), each moved to the nearest qualifying slice (the lower one on ties). Duplicates are
+    removed, so fewer than ``n`` come back only when fewer than ``n`` slices qualify.
+
+    Parameters
+    ----------
+    label_volume : ndarray, shape (Z, Y, X)
+        Integer labels of one volume.
+    n : int
+        Number of slices wanted (≥ 1).
+    fg_class : int
+        The class whose presence qualifies a slice.
+    min_pixels : int
+        Minimum number of pixels of ``fg_class`` in a qualifying slice.
+
+    Returns
+    -------
+    list of int
+        Sorted, distinct slice indices (empty when no slice qualifies).
+    """
+    counts = (np.asarray(label_volume) == fg_class).reshape(label_volume.shape[0], -1).sum(axis=1)
+    ok = np.flatnonzero(counts >= min_pixels)
+    if ok.size == 0:
+        return []
+    wanted = np.rint(np.linspace(ok[0], ok[-1], int(n))).astype(np.int64)
+    chosen = {int(ok[np.argmin(np.abs(ok - w))]) for w in wanted}
+    return sorted(chosen)
 
 
 def tile_grid(image: np.ndarray, tile: int) -> np.ndarray:
@@ -85,8 +136,9 @@ class DemoData:
         Calibration images first, then test images; intensities in [0, 1].
     labels : uint8 array ``(N, *S)``
     source_ids : list of int
-        Identifier of each image in its source (hippocampus case number; MNI slice z index; nuclei
-        tile index; for hippocampus-2d the case number, the slice is ``slices[i]``).
+        Identifier of each image in its source, the unit the split never cuts (hippocampus case
+        number; MNI slice z index; nuclei tile index, the quadrant is ``quadrants[i]``; for
+        hippocampus-2d the case number, the slice is ``slices[i]``).
     split : dict
         ``{"train": [], "calibration": [...], "test": [...]}``: indices into ``images`` (no image of
         the store was used to train the model).
@@ -94,6 +146,12 @@ class DemoData:
         Source identifiers of the model-training images (not in the store).
     slices : list of int
         hippocampus-2d only: index along axis 0 of each slice in its volume.
+    quadrants : list of int
+        nuclei only: which quadrant of its 64 × 64 tile each 32 × 32 image is (0–3, row-major).
+    keys : list of int
+        Per-image seed keys of the sampler (the source identifier; ``1000 · case + slice`` for
+        hippocampus-2d, ``1000 · tile + quadrant`` for nuclei), so an image's samples depend neither
+        on the subset nor on its neighbours.
     """
 
     spec: DemoSpec
@@ -103,6 +161,13 @@ class DemoData:
     split: dict[str, list[int]]
     train_source_ids: list[int]
     slices: list[int] = field(default_factory=list)
+    quadrants: list[int] = field(default_factory=list)
+    keys: list[int] = field(default_factory=list)
+
+    @property
+    def groups(self) -> list[int]:
+        """The unit of exchangeability of each image: its volume (case number) or source item."""
+        return list(self.source_ids)
 
 
 def _take(data: dict[str, np.ndarray], n_images: int | None) -> tuple[list[int], list[int], list[int]]:
@@ -115,13 +180,58 @@ def _take(data: dict[str, np.ndarray], n_images: int | None) -> tuple[list[int],
     return cal[:n_cal], test[:n_test], [int(v) for v in data["train_ids"]]
 
 
+def _hippocampus_slices(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The packaged volumes cut into :func:`slice_positions` slices (one item per slice)."""
+    ids, images, labels, slices = [], [], [], []
+    for case, vol, lab in zip(data["ids"], data["images"], data["labels"], strict=True):
+        for k in slice_positions(lab):
+            ids.append(int(case))
+            images.append(vol[k])
+            labels.append(lab[k])
+            slices.append(k)
+    return {
+        "ids": np.asarray(ids, dtype=np.int64),
+        "images": np.stack(images),
+        "labels": np.stack(labels),
+        "slices": np.asarray(slices, dtype=np.int64),
+    }
+
+
+def _nuclei_quadrants(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every tile of the nuclei image cut into its 2 × 2 quadrants (row-major), those with a nucleus.
+
+    A quadrant is kept when it holds at least :data:`NUCLEI_MIN_PIXELS` nucleus pixels (the same rule
+    for calibration and test tiles; without foreground an image's false-negative rate is undefined).
+    """
+    tile = int(data["tile_size"])
+    half = tile // NUCLEI_QUADRANT_DIVISOR
+    tiles = tile_grid(data["image"], tile)
+    masks = tile_grid(data["mask"], tile)
+    ids, images, labels, parts = [], [], [], []
+    for t, (img, msk) in enumerate(zip(tiles, masks, strict=True)):
+        for q, (a, b) in enumerate(zip(tile_grid(img, half), tile_grid(msk, half), strict=True)):
+            if int((b > 0).sum()) < NUCLEI_MIN_PIXELS:  # no nucleus to segment: its FNR is undefined
+                continue
+            ids.append(t)
+            images.append(a)
+            labels.append(b)
+            parts.append(q)
+    return {
+        "ids": np.asarray(ids, dtype=np.int64),
+        "images": np.stack(images),
+        "labels": np.stack(labels),
+        "parts": np.asarray(parts, dtype=np.int64),
+    }
+
+
 def load_demo_data(name: str, *, n_images: int | None = None) -> DemoData:
     """Images, labels and split of demo dataset ``name`` from the packaged data.
 
     Parameters
     ----------
     name : str
-        ``"hippocampus-3d"``, ``"hippocampus-2d"``, ``"brain-mri"`` or ``"nuclei"``.
+        ``"hippocampus-3d"``, ``"hippocampus-2d"``, ``"hippocampus-2d-fewshot"``, ``"brain-mri"`` or
+        ``"nuclei"``.
     n_images : int, optional
         Keep only the first calibration and test images, ``n_images`` in all (≥ 2), in the
         proportion of the full split; for quick tests.
@@ -129,31 +239,50 @@ def load_demo_data(name: str, *, n_images: int | None = None) -> DemoData:
     Returns
     -------
     DemoData
+        hippocampus-2d (and hippocampus-2d-fewshot, the same slices) holds :data:`SLICES_PER_VOLUME`
+        sagittal slices of every calibration and test volume (:func:`slice_positions`); nuclei holds
+        the 32 × 32 quadrants of every calibration and test tile that show a nucleus. Calibration items first, then
+        test items: the split is by volume (tile), never inside one.
     """
     spec = get_demo(name)
     data = read_npz(spec.data_file)
-    if name == "nuclei":
-        tile = int(data["tile_size"])
-        tiles = tile_grid(data["image"], tile)
-        masks = tile_grid(data["mask"], tile)
-        data = {**data, "ids": np.arange(len(tiles)), "images": tiles, "labels": masks}
-    cal, test, train_ids = _take(data, n_images)
-    order = cal + test
+    parts: list[int] = []
+    expanded = None
+    if name.startswith("hippocampus-2d"):  # hippocampus-2d and hippocampus-2d-fewshot: the same slices
+        expanded = _hippocampus_slices(data)
+        expanded["parts"] = expanded.pop("slices")
+    elif name == "nuclei":
+        expanded = _nuclei_quadrants(data)
+    if expanded is not None:
+        items = [int(v) for v in expanded["ids"]]
+        cal_set = {int(v) for v in data["calibration_ids"]}
+        test_set = {int(v) for v in data["test_ids"]}
+        # calibration items first, then test items, each in the order of their source identifiers
+        cal = [k for k, v in enumerate(items) if v in cal_set]
+        test = [k for k, v in enumerate(items) if v in test_set]
+        n_cal, n_test = subset_counts(len(cal), len(test), n_images)
+        cal, test = cal[:n_cal], test[:n_test]
+        train_ids = [int(v) for v in data["train_ids"]]
+        order = cal + test
+        parts = [int(expanded["parts"][k]) for k in order]
+        data = {**data, **expanded}
+    else:
+        cal, test, train_ids = _take(data, n_images)
+        order = cal + test
     images = data["images"][order]
     labels = data["labels"][order]
-    slices: list[int] = []
-    if name == "hippocampus-2d":
-        slices = [largest_slice(v) for v in labels]
-        images = np.stack([v[k] for v, k in zip(images, slices, strict=True)])
-        labels = np.stack([v[k] for v, k in zip(labels, slices, strict=True)])
     if images.ndim != spec.ndim + 1:
         raise ConformalError(f"packaged data {spec.data_file}: images have shape {images.shape}")
+    source_ids = [int(data["ids"][k]) for k in order]
+    keys = [1000 * c + k for c, k in zip(source_ids, parts, strict=True)] if parts else list(source_ids)
     return DemoData(
         spec=spec,
         images=images.astype(np.float32) / np.float32(255.0),
         labels=labels.astype(np.uint8),
-        source_ids=[int(data["ids"][k]) for k in order],
+        source_ids=source_ids,
         split={"train": [], "calibration": list(range(len(cal))), "test": list(range(len(cal), len(order)))},
         train_source_ids=train_ids,
-        slices=slices,
+        slices=parts if name.startswith("hippocampus-2d") else [],
+        quadrants=parts if name == "nuclei" else [],
+        keys=keys,
     )

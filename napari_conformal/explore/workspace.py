@@ -124,7 +124,7 @@ class Workspace:
 
     def _same_data(self, identity: Any, cal: Sequence[int]) -> bool:
         # the record carries the store's content identity: no need to hash the store again
-        return self.store is not None and identity == self.store_identity and list(cal) == self.cal_indices
+        return self.store is not None and identity == self.store_identity and sorted(cal) == sorted(self.cal_indices)
 
     def publish(
         self, store: Any, calibration: Calibration, test_indices: Sequence[int] | None = None
@@ -144,7 +144,7 @@ class Workspace:
         test_indices : sequence of int, optional
             Default: every image not used for calibration.
         """
-        cal = [int(i) for i in calibration.cal_indices]
+        cal = [int(i) for i in calibration.images]  # λ̂ and tuning images (RW-CP with tune="dice")
         if test_indices is None:
             cal_set = set(cal)
             test = [i for i in range(store.n_images) if i not in cal_set]
@@ -190,7 +190,7 @@ class Workspace:
         """Add a companion calibrated on this workspace's store and split."""
         if self.store is None:
             raise ConformalError("no store yet: run a calibration first")
-        if [int(i) for i in calibration.cal_indices] != self.cal_indices:
+        if sorted(int(i) for i in calibration.images) != sorted(self.cal_indices):
             raise ConformalError("a companion method must be calibrated on the workspace's calibration images")
         session = MethodSession(calibration, self.store)
         self.sessions[session.name] = session

@@ -49,6 +49,8 @@ DEMO_MODELS: dict[str, DemoModelSpec] = {
     for spec in (
         DemoModelSpec("hippocampus-3d", 3, 3, {"base_channels": 8, "depth": 2, "dropout": 0.2}),
         DemoModelSpec("hippocampus-2d", 2, 3, {"base_channels": 16, "depth": 3, "dropout": 0.2}),
+        # deliberately weak: 3 training volumes, 300 iterations (scripts/train_demo_models.py)
+        DemoModelSpec("hippocampus-2d-fewshot", 2, 3, {"base_channels": 8, "depth": 3, "dropout": 0.2}),
         DemoModelSpec("brain-mri", 2, 2, {"base_channels": 16, "depth": 3, "dropout": 0.2}),
         DemoModelSpec("nuclei", 2, 2, {"base_channels": 16, "depth": 3, "dropout": 0.2}),
     )

@@ -24,6 +24,11 @@ attribute or a hook: the guarantee in words (:meth:`~ConformalMethod.guarantee`)
 whether members can be sampled, which layers it draws, and the options spec from which the command
 line's flags and the dock's inputs are generated (:class:`Option`).
 
+A method may choose some of its hyper-parameters on part of the calibration images before λ̂
+(:meth:`~ConformalMethod.tuning_positions`, :meth:`~ConformalMethod.iter_tune`; RW-CP's
+``tune="dice"``): the caller then computes λ̂ on the other images only, with the method the tuning
+returned, and records both parts.
+
 ``iter_curves`` is the batch hook: by default one :meth:`~ConformalMethod.curve` per image, and
 CONSIGN overrides it with its batched search, so every caller (command line, API, dock, report,
 dask) takes the same fast path and gets the same λ̂.
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -49,6 +54,7 @@ __all__ = [
     "ConformalMethod",
     "Option",
     "Step",
+    "TuningImage",
     "available_methods",
     "make_method",
     "method_class",
@@ -202,6 +208,34 @@ class Option:
         return v
 
 
+@dataclass(frozen=True)
+class TuningImage:
+    """One calibration image handed to :meth:`ConformalMethod.iter_tune`.
+
+    Attributes
+    ----------
+    index : int
+        Its index in the data.
+    image : ndarray, shape S, or None
+        The image.
+    samples : ndarray, shape (T, L, *S)
+        Softmax samples (validated).
+    label : ndarray, shape S
+        Ground truth.
+    features : ndarray, shape (C, *S'), or None
+        Cached image features (methods with ``uses_features``), when the data hold matching ones.
+    stored_dtype : dtype or None
+        How the samples were stored.
+    """
+
+    index: int
+    image: np.ndarray | None
+    samples: np.ndarray
+    label: np.ndarray
+    features: np.ndarray | None = None
+    stored_dtype: Any = None
+
+
 class ConformalMethod(ABC, Generic[P, C, S]):
     """Base class of all methods (see the module docstring for the steps).
 
@@ -322,6 +356,44 @@ class ConformalMethod(ABC, Generic[P, C, S]):
     @abstractmethod
     def lambda_hat(self, curves: Sequence[C], *, alpha: float, nu: float | None = None) -> float:
         """The conformal reduction of the calibration curves to λ̂ at (α, ν)."""
+
+    def tuning_positions(self, n: int, alpha: float) -> list[int]:
+        """Positions (in ``0 … n−1``) of the calibration images to choose hyper-parameters on.
+
+        Default: none (no tuning). A method that tunes returns a data-independent choice and raises
+        :class:`~napari_conformal.errors.InsufficientCalibrationError` when the rest would be too
+        small for α; the caller computes λ̂ on the other positions only.
+        """
+        return []
+
+    def iter_tune(
+        self,
+        images: Iterable[TuningImage],
+        *,
+        n_tune: int,
+        n_lambda: int,
+        alpha: float,
+        nu: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Generator[Step, None, tuple[ConformalMethod[Any, Any, Any], dict[str, Any]]]:
+        """Choose hyper-parameters on the tuning images, as a progress generator.
+
+        Parameters
+        ----------
+        images : iterable of TuningImage
+            The images at :meth:`tuning_positions`, read lazily.
+        n_tune, n_lambda : int
+            Sizes of the tuning part and of the λ̂ part.
+        alpha, nu : float
+            The calibration's levels.
+
+        Returns
+        -------
+        (ConformalMethod, dict)
+            The method with the chosen hyper-parameters (which computes λ̂ and every set), and a
+            JSON record of the choice (kept in the calibration's ``tuning``).
+        """
+        raise NotImplementedError(f"method {self.name!r} does not tune")
 
     def answers(self, curves: Sequence[C], *, alpha: float, nu: float | None = None) -> bool:
         """Whether ``curves`` answer λ̂ at (α, ν) without more per-image work (default: always)."""

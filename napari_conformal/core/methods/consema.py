@@ -241,21 +241,21 @@ class ConsemaMethod(ConformalMethod[ConsemaPrepared, ConsemaCurve, np.ndarray]):
     ) -> ConsemaCurve:
         """The sorted dilation distances of the ground-truth pixels.
 
+        An empty Ŷ has nothing to dilate: every distance is ``cap + 1``, so the image's score is
+        ``d_max`` at every τ (only the whole image, the set at q̂ = d_max, covers it). Its images
+        stay in the calibration set, which keeps the guarantee about every image, those the model
+        misses included.
+
         Raises
         ------
         CalibrationError
-            Ŷ is empty (nothing to dilate) or Y is empty (ratio undefined).
+            Y is empty (ratio undefined).
         """
         truth = self._truth(prepared, label)
         if not truth.any():
             raise CalibrationError(
                 f"the ground truth has no pixel of class {self.fg_class} (empty foreground): its coverage "
                 "ratio is undefined; remove the image from the calibration set"
-            )
-        if not prepared.prediction.any():
-            raise CalibrationError(
-                "the model's hard prediction (mean foreground probability >= 0.5) is empty, so Consema has "
-                "nothing to dilate; remove the image or use the 'crc' method"
             )
         d = np.sort(prepared.distance[truth]).astype(np.int64)
         d.flags.writeable = False
@@ -272,8 +272,8 @@ class ConsemaMethod(ConformalMethod[ConsemaPrepared, ConsemaCurve, np.ndarray]):
     ) -> np.ndarray:
         """``δ^{q̂}(Ŷ)``, the whole image when ``q̂ ≥ d_max``; bool of shape S.
 
-        A test image with an empty Ŷ gets an empty set (unless ``q̂ ≥ d_max``); the guarantee covers
-        the images Consema can calibrate on (non-empty Ŷ).
+        A test image with an empty Ŷ gets an empty set (unless ``q̂ ≥ d_max``), as a calibration
+        image with an empty Ŷ scores ``d_max``.
         """
         q = float(lambda_hat)
         if not (math.isfinite(q) and q >= 0 and q == math.floor(q)):

@@ -17,6 +17,10 @@ and then exactly standard CRC with S⁽ⁿ⁾ in place of S⁽⁰⁾ (everything
 Multi-class stores: ``fg_class`` picks the structure (one-vs-rest); calibrate
 one RW-CP per structure of interest.
 
+With ``tune="dice"`` the method first chooses k, β and n_step for Dice on a seeded part of the
+calibration images and computes λ̂ on the rest (:meth:`RWCPMethod.iter_tune`,
+:mod:`napari_conformal.core.rwcp.tuning`, docs/algorithms.md#rw-cp-tuning).
+
 The diffused maps of every step stay available for viewers:
 ``prepared.extras["diffusion"]`` is a :class:`~napari_conformal.core.rwcp.diffusion.Diffusion`
 (``.step(t)``, ``.all_steps()``).
@@ -24,14 +28,14 @@ The diffused maps of every step stay available for viewers:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from napari_conformal.core.device import release_device_memory, resolve_device
-from napari_conformal.core.methods.base import Option, register
+from napari_conformal.core.methods.base import ConformalMethod, Option, Step, TuningImage, register
 from napari_conformal.core.methods.threshold import FG_CLASS, ThresholdFNRMethod, ThresholdPrepared
 from napari_conformal.core.rwcp.diffusion import Diffusion, diffuse
 from napari_conformal.core.rwcp.features import (
@@ -43,7 +47,8 @@ from napari_conformal.core.rwcp.features import (
 )
 from napari_conformal.core.rwcp.graph import transition_matrix
 from napari_conformal.core.scores.probabilities import foreground_probability
-from napari_conformal.errors import ConformalError, StoreValidationError
+from napari_conformal.core.validation import check_label
+from napari_conformal.errors import ConformalError, ParameterError, StoreValidationError
 
 __all__ = ["RWCPMethod"]
 
@@ -68,15 +73,19 @@ class RWCPMethod(ThresholdFNRMethod):
 
     Options (:attr:`options`): ``k`` neighbours per node (20), ``rw_beta`` kernel scale β of
     ``exp(−β (1 − cos))`` (50), ``n_step`` random-walk steps (10), ``features`` the extractor
-    (``"efficientnet-lite0"`` by default; ``"dinov2"``/``"dinov3"`` with ``model_dir``;
-    ``"multiscale"`` needs no weights), ``grid_stride`` pixels per node (automatic), ``include_self``
-    self-loops (a lazy walk; off in the paper) and ``fg_class``.
+    (``"efficientnet-lite0"`` by default, run on the image enlarged ``input_scale`` times;
+    ``"model"`` the segmentation network's own layers, ``feature_model`` and ``feature_layer``;
+    ``"dinov2"``/``"dinov3"`` with ``model_dir``; ``"multiscale"`` needs no weights),
+    ``grid_stride`` pixels per node (automatic), ``include_self`` self-loops (a lazy walk; off in
+    the paper), ``fg_class``, and the tuning options ``tune`` (``"off"`` or ``"dice"``),
+    ``tune_fraction``, ``tune_grid`` and ``tune_seed``.
 
     Parameters
     ----------
     extractor : FeatureExtractor or callable, optional
         Use this extractor object or ``fn(image) -> (C, *S')`` instead of a named one (a user's own
-        network); recorded in ``params`` by name only, so its calibrations cannot be rebuilt from JSON.
+        network, e.g. :class:`~napari_conformal.core.rwcp.model_features.ModelLayerExtractor`);
+        recorded in ``params`` by name only, so its calibrations cannot be rebuilt from JSON.
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:i"``.
     **options
@@ -97,9 +106,39 @@ class RWCPMethod(ThresholdFNRMethod):
             choices=tuple(available_extractors()),
         ),
         Option("model_dir", "text", None, "local Hugging Face folder of a DINOv2/DINOv3 model", label="model folder", optional=True),
+        Option(
+            "input_scale", "float", None,
+            "EfficientNet-Lite0: enlarge the image this many times first (unset: feature cells of at most 2 pixels)",
+            label="input scale", minimum=1.0, maximum=8.0, optional=True,
+        ),
+        Option(
+            "feature_model", "text", None,
+            "features='model': the segmentation network, demo:<name> for a demo U-Net (your own: Python API)",
+            label="feature model", optional=True,
+        ),
+        Option(
+            "feature_layer", "text", None,
+            "features='model': comma-separated layer names (unset: the input of its last layer)",
+            label="feature layer", optional=True,
+        ),
         Option("grid_stride", "int", None, "pixels per graph node along each axis (automatic when unset)", label="grid stride", minimum=1, optional=True),
         Option("include_self", "bool", False, "allow self-loops in the kNN graph (a lazy walk; off in the paper)", label="self-loops"),
         FG_CLASS,
+        Option(
+            "tune", "choice", "off",
+            "dice: choose k, β and steps for Dice on part of the calibration images, λ̂ on the rest",
+            label="tuning", choices=("off", "dice"),
+        ),
+        Option(
+            "tune_fraction", "float", 0.25, "share of the calibration images used for tuning (the rest give λ̂)",
+            label="tuning share", minimum=0.0, maximum=1.0, exclusive_minimum=True,
+        ),
+        Option(
+            "tune_grid", "json", None,
+            'candidate values, e.g. {"k": [10, 20], "rw_beta": [20, 50], "n_step": [0, 5, 10]} (unset: the default grid)',
+            label="tuning grid", optional=True,
+        ),
+        Option("tune_seed", "int", 0, "seed of the choice of tuning images", label="tuning seed", minimum=0),
     )
     k: int
     rw_beta: float
@@ -108,6 +147,13 @@ class RWCPMethod(ThresholdFNRMethod):
     model_dir: str | None
     grid_stride: int | None
     include_self: bool
+    input_scale: float | None
+    feature_model: str | None
+    feature_layer: str | None
+    tune: str
+    tune_fraction: float
+    tune_grid: dict[str, Any] | None
+    tune_seed: int
 
     def __init__(
         self,
@@ -121,13 +167,45 @@ class RWCPMethod(ThresholdFNRMethod):
 
     def _setup(self) -> None:
         super()._setup()
+        self._options = {o.name: getattr(self, o.name) for o in self.options}
+        if self.tune_fraction >= 1.0:
+            raise ParameterError(f"rwcp option tune_fraction must be < 1 (some images must give λ̂), got {self.tune_fraction:g}")
+        if self.tune == "dice":
+            from napari_conformal.core.rwcp.tuning import check_grid
+
+            check_grid(self.tune_grid)  # fail before any per-image work
         if self._user_extractor is not None:
             self.extractor = make_extractor(self._user_extractor)
             self.features = str(self.extractor.params().get("name", "callable"))
         else:
-            settings = {"model_dir": self.model_dir, "grid_stride": self.grid_stride}
-            self.extractor = make_extractor(self.features, **settings)
+            self.extractor = make_extractor(self.features, **self._extractor_settings())
         resolve_device(self.device)  # fail early on a device this machine lacks
+
+    def _extractor_settings(self) -> dict[str, Any]:
+        """The options the named extractor takes (the others must be unset)."""
+        by_extractor = {
+            "efficientnet-lite0": {"grid_stride": self.grid_stride, "input_scale": self.input_scale},
+            "multiscale": {"grid_stride": self.grid_stride},
+            "dinov2": {"model_dir": self.model_dir},
+            "dinov3": {"model_dir": self.model_dir},
+            "model": {
+                "grid_stride": self.grid_stride,
+                "feature_model": self.feature_model,
+                "layers": self.feature_layer,
+            },
+        }
+        wanted = by_extractor.get(self.features, {"grid_stride": self.grid_stride, "model_dir": self.model_dir})
+        given = {
+            "model_dir": self.model_dir,
+            "input_scale": self.input_scale,
+            "feature_model": self.feature_model,
+            "feature_layer": self.feature_layer,
+        }
+        used = set(wanted) | ({"feature_layer"} if "layers" in wanted else set())
+        stray = sorted(k for k, v in given.items() if v is not None and k not in used)
+        if stray:
+            raise ParameterError(f"rwcp option {stray[0]} does not apply to features={self.features!r}")
+        return wanted
 
     # -- the pipeline ---------------------------------------------------------------------
 
@@ -246,7 +324,8 @@ class RWCPMethod(ThresholdFNRMethod):
                 f"image shape {np.shape(image)} does not match the samples' spatial shape {base.shape}"
             )
         diffusion = self.diffuse(image, base, features=features, progress=progress, should_stop=should_stop)
-        score = np.asarray(diffusion.final, dtype=np.float64)
+        # no step: the model's own map, bit for bit (RW-CP with n_step = 0 is standard CRC on any grid)
+        score = np.array(base) if self.n_step == 0 else np.asarray(diffusion.final, dtype=np.float64)
         score.flags.writeable = False
         base.flags.writeable = False
         return ThresholdPrepared(
@@ -266,3 +345,75 @@ class RWCPMethod(ThresholdFNRMethod):
             grid_stride=settings.get("grid_stride", self.grid_stride),
         )
         return out
+
+    # -- tuning ------------------------------------------------------------------------------
+
+    def tuning_positions(self, n: int, alpha: float) -> list[int]:
+        """With ``tune="dice"``: the seeded ``tune_fraction`` of the n calibration images (else none)."""
+        if self.tune == "off":
+            return []
+        from napari_conformal.core.rwcp.tuning import tuning_split
+
+        return tuning_split(n, self.tune_fraction, alpha, self.tune_seed)[0]
+
+    def iter_tune(
+        self,
+        images: Iterable[TuningImage],
+        *,
+        n_tune: int,
+        n_lambda: int,
+        alpha: float,
+        nu: float | None = None,
+        should_stop: ShouldStop | None = None,
+    ) -> Generator[Step, None, tuple[ConformalMethod[Any, Any, Any], dict[str, Any]]]:
+        """Choose k, β and n_step for Dice on the tuning images (:func:`~napari_conformal.core.rwcp.tuning.iter_tune`).
+
+        Returns
+        -------
+        (RWCPMethod, dict)
+            This method with the chosen k, β, n_step (everything else as it is), and the record:
+            criterion, α, the target α*, the grid, the chosen setting and every candidate's λ and Dice.
+        """
+        from napari_conformal.core.rwcp.tuning import Candidate, check_grid, iter_tune
+
+        fg = self.fg_class
+
+        def inputs() -> Iterable[tuple[FeatureMap, np.ndarray, np.ndarray]]:
+            for item in images:
+                base = foreground_probability(item.samples, fg, stored_dtype=item.stored_dtype, validated=True)
+                if item.features is not None:
+                    fmap = check_features(item.features, base.shape)
+                elif item.image is None:
+                    raise ConformalError("RW-CP needs the image (or precomputed features) to tune its graph")
+                else:
+                    fmap = self.compute_features(item.image, should_stop=should_stop)
+                lab = check_label(item.label, n_labels=int(np.shape(item.samples)[1]), shape=base.shape)
+                yield fmap, base, lab == fg
+
+        grid = check_grid(self.tune_grid)
+        result = yield from iter_tune(
+            inputs(),
+            n_tune,
+            alpha=alpha,
+            n_lambda=n_lambda,
+            grid=grid,
+            default=Candidate(self.n_step, self.k, self.rw_beta),
+            include_self=self.include_self,
+            device=resolve_device(self.device),
+            should_stop=should_stop,
+        )
+        chosen = result.chosen.as_dict()
+        tuned = type(self)(extractor=self._user_extractor, device=self.device, **{**self._options, **chosen})
+        record = {
+            "criterion": "mean Dice of the sets at the plug-in threshold on the tuning images",
+            "alpha": float(alpha),
+            "target_fnr": result.level,
+            "n_tune": int(result.n_tune),
+            "n_lambda": int(n_lambda),
+            "fraction": float(self.tune_fraction),
+            "seed": int(self.tune_seed),
+            "grid": {k: list(v) for k, v in grid.items()},
+            "chosen": chosen,
+            "candidates": result.table(),
+        }
+        return tuned, record

@@ -7,7 +7,8 @@ result back to the image grid::
 
     s⁽⁰⁾   = area-average of S⁽⁰⁾ onto the feature grid S'   (M = prod(S') nodes)
     s⁽ᵗ⁺¹⁾ = P s⁽ᵗ⁾,  t = 0 … n_step − 1                      (each node: weighted mean of its kNN)
-    S⁽ᵗ⁾   = (bi/tri)linear upsampling of s⁽ᵗ⁾ to S, align_corners=False
+    S⁽ᵗ⁾   = (bi/tri)linear upsampling of s⁽ᵗ⁾ to S, align_corners=False   (t ≥ 1)
+    S⁽⁰⁾   = the input map itself (no step: nothing is resampled)
 
 All steps are kept (on the small feature grid) so a viewer can show every
 S⁽ᵗ⁾; :class:`Diffusion` upsamples a step only when asked.
@@ -160,10 +161,15 @@ class Diffusion:
         ``s⁽ᵗ⁾`` on the feature grid; ``grid_steps[0]`` is the area-averaged S⁽⁰⁾.
     image_shape : tuple of int
         S, the grid the maps are returned on.
+    base : ndarray, shape S, optional
+        S⁽⁰⁾ on the image grid: step 0 is this map itself (not its down- and up-sampled copy), so
+        zero steps leave the model's map unchanged on any feature grid. None: step 0 is resampled
+        like the others.
     """
 
     grid_steps: np.ndarray
     image_shape: tuple[int, ...]
+    base: np.ndarray | None = field(default=None, repr=False)
     _final: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -181,19 +187,27 @@ class Diffusion:
         t = int(t) % (self.n_step + 1)
         if t == self.n_step:
             return self.final
+        if t == 0 and self.base is not None:
+            return np.asarray(self.base, dtype=np.float32)
         return from_grid(self.grid_steps[t], self.image_shape).to(torch.float32).numpy()
 
     @property
     def final(self) -> np.ndarray:
         """``S⁽ⁿ_step⁾`` on the image grid, shape (*S,), float32 (computed once)."""
         if self._final is None:
-            up = from_grid(self.grid_steps[-1], self.image_shape).to(torch.float32).numpy()
+            if self.n_step == 0 and self.base is not None:
+                up = np.asarray(self.base, dtype=np.float32)
+            else:
+                up = from_grid(self.grid_steps[-1], self.image_shape).to(torch.float32).numpy()
             self._final = np.ascontiguousarray(up)
         return self._final
 
     def all_steps(self) -> np.ndarray:
         """Every ``S⁽ᵗ⁾`` on the image grid, shape (n_step + 1, *S), float32."""
-        return from_grid(self.grid_steps, self.image_shape).to(torch.float32).numpy()
+        out = from_grid(self.grid_steps, self.image_shape).to(torch.float32).numpy()
+        if self.base is not None:
+            out[0] = np.asarray(self.base, dtype=np.float32)
+        return out
 
 
 def diffuse(
@@ -223,6 +237,7 @@ def diffuse(
     Returns
     -------
     Diffusion
+        Step 0 on the image grid is ``s0`` itself.
     """
     s0 = np.asarray(s0)
     grid_shape = _shape(grid_shape, "grid_shape")
@@ -246,4 +261,6 @@ def diffuse(
     coarse = to_grid(s0, grid_shape).reshape(-1)
     steps = random_walk(matrix, coarse, n_step, progress=progress, should_stop=should_stop)
     grid_steps = steps.reshape((steps.shape[0], *grid_shape)).cpu().numpy()
-    return Diffusion(grid_steps=grid_steps, image_shape=image_shape)
+    base = np.array(s0, dtype=np.float64)
+    base.flags.writeable = False
+    return Diffusion(grid_steps=grid_steps, image_shape=image_shape, base=base)

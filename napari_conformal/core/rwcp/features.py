@@ -66,6 +66,7 @@ __all__ = [
     "DEFAULT_MAX_NODES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MAX_SCALED_SIDE",
     "CallableExtractor",
     "EfficientNetLite0Extractor",
     "FeatureExtractor",
@@ -86,6 +87,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: node budget of the automatic grid stride, by number of spatial axes
 DEFAULT_MAX_NODES = {2: 4096, 3: 32768}
+#: the automatic input enlargement of EfficientNet-Lite0 stops at this many pixels a side
+MAX_SCALED_SIDE = 1024
 
 Progress = Callable[[int, int], None]
 ShouldStop = Callable[[], bool]
@@ -338,6 +341,10 @@ class SliceNetworkExtractor(FeatureExtractor):
         """(C, *S') pooled features → final features (default: unchanged)."""
         return features
 
+    def _input_scale(self, image_shape: tuple[int, ...]) -> float:
+        """Factor the slices are enlarged by before the network (default 1: native size)."""
+        return 1.0
+
     def _extract(
         self,
         image: np.ndarray,
@@ -351,6 +358,7 @@ class SliceNetworkExtractor(FeatureExtractor):
         n_slices = int(vol.shape[0])
         mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+        scale = float(self._input_scale(tuple(image.shape)))
 
         def run(dev: torch.device, batch: int) -> torch.Tensor:
             model = self._load(dev)
@@ -363,6 +371,8 @@ class SliceNetworkExtractor(FeatureExtractor):
                 stop = min(start + batch, n_slices)
                 x = torch.from_numpy(vol[start:stop]).unsqueeze(1).expand(-1, 3, -1, -1)
                 x = ((x - mean) / std).to(dev)
+                if scale != 1.0:  # enlarged slices: finer feature cells in original pixels
+                    x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
                 with torch.inference_mode():
                     f = self._forward(model, x, grid).to("cpu", torch.float32)
                 if sums is None:
@@ -457,6 +467,14 @@ class EfficientNetLite0Extractor(SliceNetworkExtractor):
         Node budget of the automatic stride (default 4096 in 2D, 32768 in 3D).
     scales : sequence of int
         Network strides whose block outputs are used (subset of 4, 8, 16, 32).
+    input_scale : float, optional
+        Factor the slice is enlarged by (bilinear) before the network, so that a cell of the block
+        at network stride s covers s / input_scale original pixels. None (automatic,
+        :meth:`input_scale_for`): large enough that the finest block's cells are no coarser than
+        the node grid and cover at most 2 pixels (``finest / max(2, node stride)``, at least 1; a
+        52 × 36 slice on its pixel grid is enlarged 2×, a 512² image on its stride-8 grid is not),
+        and never beyond :data:`MAX_SCALED_SIDE` pixels a side. 1 runs the network on the native
+        slice.
     batch_size : int
         Slices per forward pass (halved on GPU out-of-memory).
     """
@@ -469,6 +487,7 @@ class EfficientNetLite0Extractor(SliceNetworkExtractor):
         *,
         max_nodes: int | None = None,
         scales: Sequence[int] = (4, 8, 16),
+        input_scale: float | None = None,
         batch_size: int = 8,
     ) -> None:
         super().__init__(batch_size)
@@ -478,6 +497,24 @@ class EfficientNetLite0Extractor(SliceNetworkExtractor):
         if not scales or any(s not in (4, 8, 16, 32) for s in scales):
             raise ConformalError(f"scales must be a non-empty subset of (4, 8, 16, 32), got {scales}")
         self.scales = scales
+        if input_scale is not None:
+            v = float(input_scale)
+            if isinstance(input_scale, bool) or not math.isfinite(v) or not 1.0 <= v <= 8.0:
+                raise ConformalError(f"input_scale must be a number in [1, 8] or None (automatic), got {input_scale!r}")
+            input_scale = v
+        self.input_scale = input_scale
+
+    def input_scale_for(self, image_shape: Sequence[int]) -> float:
+        """The enlargement applied to the slices of an image of this shape (see ``input_scale``)."""
+        if self.input_scale is not None:
+            return self.input_scale
+        node = self.stride_for(image_shape)
+        scale = max(1.0, min(self.scales) / max(2, node))
+        side = max(int(s) for s in tuple(image_shape)[-2:])
+        return max(1.0, min(scale, MAX_SCALED_SIDE / side))
+
+    def _input_scale(self, image_shape):
+        return self.input_scale_for(image_shape)
 
     def stride_for(self, image_shape: Sequence[int]) -> int:
         """The grid stride used for an image of this shape."""
@@ -523,6 +560,7 @@ class EfficientNetLite0Extractor(SliceNetworkExtractor):
             "grid_stride": self.grid_stride,
             "max_nodes": self.max_nodes,
             "scales": list(self.scales),
+            "input_scale": self.input_scale,
         }
 
 
@@ -734,11 +772,18 @@ class CallableExtractor(FeatureExtractor):
 
 # --------------------------------------------------------------------------- by name
 
+def _model_extractor(**kwargs: Any) -> FeatureExtractor:
+    from napari_conformal.core.rwcp.model_features import make_model_extractor
+
+    return make_model_extractor(**kwargs)
+
+
 _BY_NAME: dict[str, Callable[..., FeatureExtractor]] = {
     "efficientnet-lite0": EfficientNetLite0Extractor,
     "dinov2": lambda **kw: HFViTExtractor(family="dinov2", **kw),
     "dinov3": lambda **kw: HFViTExtractor(family="dinov3", **kw),
     "multiscale": MultiscaleExtractor,
+    "model": _model_extractor,
 }
 
 
