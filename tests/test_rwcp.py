@@ -130,7 +130,7 @@ def test_precomputed_features_give_the_same_map(blobs):
 
 def test_no_diffusion_is_crc_on_any_grid(blobs):
     """n_step = 0 keeps the model's map bit for bit, also on a coarse feature grid (here 8 × 8 of 16 × 16)."""
-    images, samples, labels = blobs
+    images, samples, _labels = blobs
     rw = _method(n_step=0, k=3)  # pooled_features: 2 × 2 blocks
     crc = CRCMethod()
     for i in range(4):
