@@ -33,10 +33,9 @@ demo: $(STAMP)
 test: $(STAMP) sysdeps
 	$(VENV)/bin/ruff check napari_conformal tests benchmarks
 	$(VENV)/bin/mkdocs build --strict --quiet
-	# the GUI tests run in a process of their own: every napari viewer leaves OpenGL state in the
-	# process (software rendering under Xvfb), so they do not share one with the other 1000 tests
 	$(PY) -m pytest -q -m "not gui"
-	$(PY) -m pytest -q -m gui
+	# the GUI tests: one process per file (scripts/run_gui_tests.sh says why)
+	./scripts/run_gui_tests.sh $(PY)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check napari_conformal tests benchmarks
