@@ -255,7 +255,12 @@ def _open_store(path: str) -> Any:
 
 
 def _run(gen: Generator[Any, None, T], label: str, quiet: bool) -> T:
-    """Drive a progress generator with a terminal progress bar per stage."""
+    """Drive a progress generator with a terminal progress bar per stage.
+
+    The generator is closed on the way out whatever happens, so that its cleanup (an atomic write's
+    temporary folder, say) runs at once: a Ctrl-C that lands while the bar is drawn, outside the
+    generator, would otherwise leave it suspended until the interpreter exits, and then possibly never.
+    """
     from napari_conformal._terminal import progress_bar
 
     bar = progress_bar(label, quiet)
@@ -265,6 +270,8 @@ def _run(gen: Generator[Any, None, T], label: str, quiet: bool) -> T:
             bar(step[0], step[1], getattr(step, "stage", None))
     except StopIteration as stop:
         return stop.value
+    finally:
+        gen.close()
 
 
 # -- subcommands -------------------------------------------------------------------------------------

@@ -305,3 +305,36 @@ def test_interrupt_leaves_no_store(pristine, tmp_path):
     assert proc.wait(timeout=60) == 130
     assert "interrupted" in proc.stderr.read()
     assert leftovers(out) == []
+
+
+def test_interrupt_while_the_bar_draws_leaves_no_store(tmp_path, monkeypatch):
+    """Ctrl-C outside the import generator (while the progress bar draws): its temporary folder goes at once.
+
+    The generator is still referenced here when the interrupt propagates, so only the command's own
+    closing of it can run the atomic write's cleanup before the process would exit.
+    """
+    from napari_conformal import _terminal
+    from napari_conformal.cli import _run
+    from napari_conformal.core.progress import Step
+    from napari_conformal.io.atomic import atomic_directory
+
+    out = tmp_path / "s.zarr"
+
+    def writing():
+        with atomic_directory(out) as tmp:
+            for i in range(3):
+                (tmp / f"chunk{i}").write_bytes(b"0")
+                yield Step(i + 1, 3, "writing")
+        return out
+
+    def bar_hit_by_ctrl_c(label, quiet):
+        def draw(done, total, stage=None):
+            raise KeyboardInterrupt
+
+        return draw
+
+    monkeypatch.setattr(_terminal, "progress_bar", bar_hit_by_ctrl_c)
+    gen = writing()
+    with pytest.raises(KeyboardInterrupt):
+        _run(gen, "importing", quiet=False)
+    assert leftovers(out) == []
