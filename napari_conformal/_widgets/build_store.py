@@ -26,12 +26,14 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QListWidget,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QStackedWidget,
     QVBoxLayout,
@@ -140,7 +142,8 @@ class BuildStoreWidget(QWidget):
         self.image_combo.setToolTip("image layer: (*S) for one case or (N, *S) for N cases")
         self.samples_combo.setToolTip("image layer of softmax samples: (T, L, *S) or (N, T, L, *S)")
         self.labels_combo.setToolTip("labels layer shaped like the image (optional)")
-        self.layer_logits = QCheckBox("samples are logits (apply a softmax)")
+        self.layer_logits = QCheckBox("samples are logits")
+        self.layer_logits.setToolTip("a softmax over the class axis is applied before storing")
         form.addRow("Image", self.image_combo)
         form.addRow("Samples", self.samples_combo)
         form.addRow("Ground truth", self.labels_combo)
@@ -179,7 +182,8 @@ class BuildStoreWidget(QWidget):
         form.addRow("Labels", row)
         self.ar_samples = _FolderList("a folder of samples per case")
         form.addRow("Samples", self.ar_samples)
-        self.ar_logits = QCheckBox("files hold logits (apply a softmax)")
+        self.ar_logits = QCheckBox("files hold logits")
+        self.ar_logits.setToolTip("a softmax over the class axis is applied before storing")
         form.addRow("", self.ar_logits)
         self.ar_order = QComboBox()
         self.ar_order.addItems(["zyx", "xyz"])
@@ -188,7 +192,7 @@ class BuildStoreWidget(QWidget):
         self.pages.addWidget(page)
 
         self.out_edit, out_row = _folder_row(self, "new store, e.g. /data/my_model.zarr")
-        self.pad_check = QCheckBox("pad cases of different shapes to the largest")
+        self.pad_check = QCheckBox("pad cases to the largest shape")
         self.overwrite_check = QCheckBox("replace an existing store")
         self.build_button = QPushButton("Build store")
         self.build_button.clicked.connect(self._build_or_cancel)
@@ -197,7 +201,19 @@ class BuildStoreWidget(QWidget):
         self.status = QLabel("Choose layers or folders and a new store path, then Build store.")
         self.status.setWordWrap(True)
 
-        layout = QVBoxLayout(self)
+        for combo in self.findChildren(QComboBox):
+            # long entries (layer names, axis orders) must not widen the dock
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(10)
+        outer = QVBoxLayout(self)  # content in a scroll area, as in every dock: it may be shorter than it
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        content = QWidget()
+        scroll.setWidget(content)
+        outer.addWidget(scroll)
+        layout = QVBoxLayout(content)
         top = QFormLayout()
         top.addRow("Source", self.source_combo)
         layout.addLayout(top)
