@@ -1,7 +1,8 @@
 """SACP: pixel-wise sets whose scores are aggregated over a spatial neighbourhood.
 
 Spatial-aware conformal prediction (Liu et al. 2025) as the CONSIGN paper uses
-it as a baseline (docs/algorithms.md#sacp). Two variants:
+it as a baseline (docs/algorithms.md#sacp); not the distance-weighted SACP of Bereska,
+Karimi and Samavi (MIDL 2025), which shares the acronym. Two variants:
 
 * ``"consign"`` (default; the CONSIGN reference code's APS branch): smooth the
   mean probabilities, then score with APS::
@@ -60,7 +61,7 @@ class SACP(PixelwiseMethod):
     title: ClassVar[str] = "SACP"
     colour: ClassVar[str] = "#17becf"
     options: ClassVar[tuple[Option, ...]] = (
-        Option("variant", "choice", "consign", "which SACP: the CONSIGN paper's (consign) or Liu et al.'s (liu)", choices=tuple(VARIANTS)),
+        Option("variant", "choice", "consign", "which SACP: the CONSIGN paper's (consign) or Liu et al.'s (liu); not Bereska et al.'s (MIDL 2025)", choices=tuple(VARIANTS)),
         Option("weight", "float", None, "neighbourhood weight w (unset: 0.3 consign, 0.5 liu)", label="w", minimum=0.0, maximum=1.0, optional=True),
         Option("size", "ints", None, "odd neighbourhood side(s) in pixels (unset: 7 consign, 3 liu)", minimum=1, optional=True),
         Option("mode", "choice", "reflect", "border handling of the neighbourhood mean", choices=BORDER_MODES, label="border"),
