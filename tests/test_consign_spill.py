@@ -129,3 +129,32 @@ def test_compact_labels() -> None:
     assert compact_labels(np.array([-1, 2]), 3).dtype == np.int64  # left for the search's own check
     assert compact_labels(np.array([0.0, 1.0]), 3).dtype == np.float64
     assert compact_labels(torch.tensor([0, 1, 2]), 3).dtype == torch.uint8
+
+
+def test_calibrate_spills_beyond_the_memory_budget(monkeypatch, tmp_path) -> None:
+    import tempfile
+
+    import napari_conformal.api as api
+    from napari_conformal.core.consign import spill
+
+    images, samples, labels = cardiac_phantom(8, (32, 32), n_labels=3, n_samples=6, rank=3, size=2.0, seed=3)
+    search = {"ratio": 1.15, "lhs_points": 32, "lhs_per_block": 16}
+    kwargs = {"alpha": 0.3, "nu": 0.7, "images": images, "samples": samples, "labels": labels, "device": "cpu"}
+    memory = api.calibrate(method="consign", k=3, lambda_max=4.0, search=search, **kwargs)
+    seen: list[bool] = []
+    add = spill.BasisSpill.add
+
+    def spy(self, basis, label=None):
+        add(self, basis, label)
+        seen.append(self.spilled and self.directory is not None and self.directory.parent == tmp_path)
+
+    monkeypatch.setattr(spill.BasisSpill, "add", spy)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # tempfile's default directory
+    spilled = api.calibrate(method="consign", k=3, lambda_max=4.0, search=search, memory_budget=0, **kwargs)
+    assert seen == [True] * 8
+    assert spilled.lambda_hat == memory.lambda_hat
+    for a, b in zip(memory.curves, spilled.curves, strict=True):
+        for x, y in zip(a.levels, b.levels, strict=True):
+            np.testing.assert_array_equal(x.lambdas, y.lambdas)
+            np.testing.assert_array_equal(x.accuracies, y.accuracies)
+    assert list(tmp_path.iterdir()) == []
