@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from napari_conformal.core.calibration import Calibration, Provenance, StoreRef
-from napari_conformal.core.methods.base import ConformalMethod, make_method, method_class
+from napari_conformal.core.methods.base import ConformalMethod, PreparedPool, make_method, method_class
 from napari_conformal.core.progress import Step
 from napari_conformal.errors import Cancelled, ConformalError, ParameterError, StoreValidationError
 
@@ -345,8 +345,14 @@ def iter_prepare(
     *,
     with_labels: bool = True,
     scheduler: Any = None,
+    pool: PreparedPool | None = None,
 ) -> Generator[Step, None, list[tuple[Any, np.ndarray | None]]]:
-    """Read, validate and prepare images (on a dask cluster when asked): ``[(prepared, label), …]``."""
+    """Read, validate and prepare images (on a dask cluster when asked): ``[(prepared, label), …]``.
+
+    With ``pool`` (:meth:`~napari_conformal.core.methods.base.ConformalMethod.prepared_pool`) each
+    image is handed to it as soon as it is prepared (on a cluster: once all are back), and the pairs
+    returned are the pool's: e.g. CONSIGN bases spilled to disk beyond the method's memory budget.
+    """
     from napari_conformal.io.dataset import read_image
 
     cached = feature_cache_matches(data, method)
@@ -360,7 +366,18 @@ def iter_prepare(
 
         return _with_image(i, run)
 
-    return (yield from iter_map_images(one, indices, scheduler=scheduler))
+    if pool is None:
+        return (yield from iter_map_images(one, indices, scheduler=scheduler))
+    if scheduler:
+        for prepared, label in (yield from iter_map_images(one, indices, scheduler=scheduler)):
+            pool.add(prepared, label)
+    else:
+
+        def kept(i: int) -> None:
+            pool.add(*one(i))  # the pool holds it from here (the caller's copy is dropped)
+
+        yield from iter_map_images(kept, indices)
+    return list(zip(pool.prepared, pool.labels, strict=True))
 
 
 def iter_calibrate(
@@ -459,8 +476,12 @@ def iter_calibrate(
             _tuning_images(dataset, m, tune), n_tune=len(tune), n_lambda=len(cal), alpha=alpha, nu=nu
         )
     if m.batch_curves:
-        pairs = yield from iter_prepare(dataset, m, cal, scheduler=scheduler)
-        curves = yield from m.iter_curves([p for p, _ in pairs], [y for _, y in pairs], alpha=alpha, nu=nu)
+        with m.prepared_pool(len(cal)) as pool:  # e.g. CONSIGN's bases, on disk beyond a budget; gone after
+            pairs = yield from iter_prepare(dataset, m, cal, scheduler=scheduler, pool=pool)
+            prepared, cal_labels = [p for p, _ in pairs], [y for _, y in pairs]
+            del pairs
+            curves = yield from m.iter_curves(prepared, cal_labels, alpha=alpha, nu=nu)
+            del prepared, cal_labels
     else:
         from napari_conformal.io.dataset import read_image
 
@@ -552,8 +573,15 @@ def iter_extend(
     if prepared is None or labels is None:
         dataset = _dataset(data, {})
         _check_same_data(calibration, dataset)
-        pairs = yield from iter_prepare(dataset, m, list(calibration.cal_indices), scheduler=scheduler)
-        prepared, labels = [p for p, _ in pairs], [y for _, y in pairs]
+        with m.prepared_pool(calibration.n) as pool:  # removed (spilled bases included) when done
+            pairs = yield from iter_prepare(
+                dataset, m, list(calibration.cal_indices), scheduler=scheduler, pool=pool
+            )
+            prepared, labels = [p for p, _ in pairs], [y for _, y in pairs]
+            del pairs
+            curves = yield from m.iter_curves(prepared, labels, alpha=a, nu=v, previous=calibration.curves)
+            del prepared, labels
+        return calibration.with_curves(curves)
     curves = yield from m.iter_curves(prepared, labels, alpha=a, nu=v, previous=calibration.curves)
     return calibration.with_curves(curves)
 

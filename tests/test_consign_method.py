@@ -57,6 +57,7 @@ def test_registered_and_params_are_json(method) -> None:
         "lambda_max": 3.0,
         "nu_max": None,
         "search": SEARCH,
+        "memory_budget": 1024,
         "structure": None,
     }
     again = make_method("consign", **params)

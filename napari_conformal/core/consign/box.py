@@ -21,11 +21,13 @@ every λ at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from napari_conformal.core.consign.basis import ImageBasis, check_quantile_level, coefficient_quantiles
+from napari_conformal.core.consign.spill import BasisLike, SpilledBasis
 from napari_conformal.errors import CalibrationError
 
 __all__ = ["CoefficientBox", "check_lambda", "make_box"]
@@ -102,18 +104,18 @@ class CoefficientBox:
         return CoefficientBox(self.centre[index], self.half_width[index], self.quantile_level)
 
 
-def make_box(basis: ImageBasis | list[ImageBasis], quantile_level: float) -> CoefficientBox:
+def make_box(basis: BasisLike | Sequence[BasisLike], quantile_level: float) -> CoefficientBox:
     """The eq.-6 box family of one image (K,) or of a list of images (N, K).
 
     Parameters
     ----------
-    basis : ImageBasis or list of ImageBasis
-        The image(s)' bases (same K).
+    basis : ImageBasis or SpilledBasis, or a list of them
+        The image(s)' bases (same K); only their σ and γ are read (a spilled basis stays on disk).
     quantile_level : float
         q in (0, 0.5); CONSIGN's default is α/2.
     """
     q = check_quantile_level(quantile_level)
-    if isinstance(basis, ImageBasis):
+    if isinstance(basis, (ImageBasis, SpilledBasis)):
         gamma, sigma = basis.coefficients, basis.singular_values
     else:
         if len(basis) == 0:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
-from napari_conformal.core.consign.basis import ImageBasis
+from napari_conformal.core.consign.spill import BasisLike, load_basis
 
 __all__ = ["PIXEL_CHUNK", "RestrictedBatch", "build_restricted_batch"]
 
@@ -297,7 +297,7 @@ def _per_label_weight(counts: torch.Tensor) -> torch.Tensor:
 
 
 def build_restricted_batch(
-    bases: Sequence[ImageBasis],
+    bases: Sequence[BasisLike],
     truths: Sequence[torch.Tensor],
     free: Sequence[torch.Tensor],
     centre_labels: Sequence[torch.Tensor],
@@ -307,14 +307,16 @@ def build_restricted_batch(
 
     Parameters
     ----------
-    bases : sequence of ImageBasis
-        The images' bases (same K and L, same device).
-    truths : sequence of Tensor of int64, each (P_i,)
-        Flattened ground truths.
+    bases : sequence of ImageBasis or SpilledBasis
+        The images' bases (same K and L, same device). A spilled basis is read back from disk
+        while its free pixels are gathered and dropped before the next image's is read, so at
+        most one full basis is in memory here (:mod:`.spill`).
+    truths : sequence of integer Tensor, each (P_i,)
+        Flattened ground truths (any integer dtype, e.g. uint8).
     free : sequence of Tensor of bool, each (P_i,)
         Free pixels (label can change in the box).
-    centre_labels : sequence of Tensor of int64, each (P_i,)
-        Label of every member at the fixed pixels (the centre label).
+    centre_labels : sequence of integer Tensor, each (P_i,)
+        Label of every member at the fixed pixels (the centre label; any integer dtype).
     counted : Tensor of bool, shape (L,), optional
         The counted labels K (None: every label). Pixels of uncounted labels may be left out of
         ``free``: they carry no weight.
@@ -330,10 +332,13 @@ def build_restricted_batch(
     valid = torch.zeros(b, width, dtype=torch.bool, device=dev)
     fixed_hits = torch.zeros(b, n_labels, dtype=torch.int64, device=dev)
     counts = torch.zeros(b, n_labels, dtype=torch.int64, device=dev)
-    for j, (basis, y, f, lab, ix) in enumerate(zip(bases, truths, free, centre_labels, idx, strict=True)):
+    for j, (handle, y, f, lab, ix) in enumerate(zip(bases, truths, free, centre_labels, idx, strict=True)):
+        basis = load_basis(handle)  # one full basis in memory at a time (read back when spilled)
+        y = y.to(torch.int64)  # a compact truth (uint8) widened for this image only
         n = int(ix.numel())
         mean[j, :, :n] = basis.mean.view(n_labels, -1).index_select(1, ix)
         directions[j, :, :, :n] = basis.directions.view(k, n_labels, -1).index_select(2, ix)
+        del basis
         truth[j, :n] = y.index_select(0, ix)
         valid[j, :n] = True
         counts[j] = torch.bincount(y, minlength=n_labels)[:n_labels]

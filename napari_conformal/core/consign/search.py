@@ -57,11 +57,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from napari_conformal.core.consign.basis import ImageBasis
 from napari_conformal.core.consign.box import CoefficientBox
 from napari_conformal.core.consign.curves import CoverageCurve, CurveSet
 from napari_conformal.core.consign.intervals import flip_lambda
 from napari_conformal.core.consign.restricted import RestrictedBatch, build_restricted_batch
+from napari_conformal.core.consign.spill import BasisLike, load_basis
 from napari_conformal.core.progress import Step, check_stop
 from napari_conformal.errors import CalibrationError, ConformalError, StoreValidationError
 
@@ -175,9 +175,11 @@ def _lhs(n: int, k: int, seed: int) -> np.ndarray:
 
 @dataclass
 class _ImageState:
-    basis: ImageBasis
-    truth: torch.Tensor  # (P,) int64
-    centre_label: torch.Tensor  # (P,)
+    """What the search keeps of one image: full-volume arrays only as compact labels and flip λ."""
+
+    basis: BasisLike  # in memory or spilled to disk (read back only to build a restricted batch)
+    truth: torch.Tensor  # (P,) compact integer (uint8 for L ≤ 256)
+    centre_label: torch.Tensor  # (P,) compact integer
     flip: torch.Tensor  # (P,) float32
     centre: torch.Tensor  # (K,) float64
     half_width: torch.Tensor  # (K,) float64
@@ -208,7 +210,14 @@ def _counted_words(labels: Sequence[int]) -> str:
     return f"structure {labels[0]}" if len(labels) == 1 else f"labels {', '.join(map(str, labels))}"
 
 
-def _check_truth(truth: np.ndarray | torch.Tensor, basis: ImageBasis, index: int) -> torch.Tensor:
+def _label_dtype(n_labels: int) -> torch.dtype:
+    """The smallest torch integer dtype holding 0..L−1 (uint8 up to 256 labels)."""
+    if n_labels <= 256:
+        return torch.uint8
+    return torch.int16 if n_labels <= 2**15 else torch.int32
+
+
+def _check_truth(truth: np.ndarray | torch.Tensor, basis: BasisLike, index: int) -> torch.Tensor:
     y = truth if isinstance(truth, torch.Tensor) else torch.from_numpy(np.asarray(truth))
     if tuple(y.shape) != basis.spatial_shape:
         raise StoreValidationError(
@@ -232,8 +241,12 @@ class CoverageSearch:
 
     Parameters
     ----------
-    bases : sequence of ImageBasis
-        The images' bases (same K, L and device).
+    bases : sequence of ImageBasis or SpilledBasis
+        The images' bases (same K, L and device). Spilled bases (:mod:`.spill`) stay on disk: each
+        is read back once here (for its flip λ and ground-truth projection) and then only while a
+        restricted batch gathers its free pixels, one image at a time; the search keeps per image
+        only its compact ground truth and centre labels (uint8 for L ≤ 256) and its flip λ
+        (float32), and the curves are those of the same bases in memory, value for value.
     truths : sequence of array
         Ground truths, each of the image's spatial shape, values in 0..L−1.
     box : CoefficientBox
@@ -252,7 +265,7 @@ class CoverageSearch:
 
     def __init__(
         self,
-        bases: Sequence[ImageBasis],
+        bases: Sequence[BasisLike],
         truths: Sequence[np.ndarray | torch.Tensor],
         box: CoefficientBox,
         config: SearchConfig | None = None,
@@ -286,8 +299,10 @@ class CoverageSearch:
             self._counted = torch.zeros(n_labels, dtype=torch.bool, device=self.device)
             self._counted[list(self.labels)] = True
         self.states: list[_ImageState] = []
-        for i, (basis, truth) in enumerate(zip(bases, truths, strict=True)):
-            y = _check_truth(truth, basis, i)
+        compact = _label_dtype(n_labels)
+        for i, (handle, truth) in enumerate(zip(bases, truths, strict=True)):
+            y = _check_truth(truth, handle, i)
+            basis = load_basis(handle)  # a spilled basis is in memory for this image only
             sub = box[i]
             centre_label, flip = flip_lambda(basis, sub)
             if self._counted is not None:
@@ -300,11 +315,12 @@ class CoverageSearch:
                 flip = torch.where(mine, flip, torch.full_like(flip, math.inf))  # never scored: no weight
             onehot = torch.nn.functional.one_hot(y.view(-1), n_labels).T.reshape(-1).to(torch.float32)
             gt = (basis.directions @ (onehot - basis.mean)).to(torch.float64)
+            del onehot, basis
             self.states.append(
                 _ImageState(
-                    basis,
-                    y,
-                    centre_label,
+                    handle,
+                    y.to(compact),
+                    centre_label.to(compact),
                     flip,
                     sub.centre.to(self.device),
                     sub.half_width.to(self.device),
@@ -418,6 +434,14 @@ class CoverageSearch:
     # ------------------------------------------------------------------ internals
 
     def _chunks(self, active: list[int], lam: float) -> list[list[int]]:
+        """Images grouped so that free pixels × images × chains × labels stays within ``pixel_budget``.
+
+        This bounds the restricted batch of a chunk (its float64 mean and directions at the free
+        pixels) and the score tensors of its evaluations; the full bases are read one image at a
+        time while the batch is built (:func:`~.restricted.build_restricted_batch`), so a chunk of
+        spilled volumes never has more than one of them in memory. The grouping does not depend
+        on where the bases are, so spilled and in-memory searches run the same batches.
+        """
         budget = self.config.pixel_budget
         per_chain = self.config.starts * self.config.points_per_block
         chunks: list[list[int]] = []
@@ -701,7 +725,7 @@ class CoverageSearch:
 
 
 def search_curves(
-    bases: Sequence[ImageBasis],
+    bases: Sequence[BasisLike],
     truths: Sequence[np.ndarray | torch.Tensor],
     box: CoefficientBox,
     config: SearchConfig | None = None,

@@ -53,6 +53,7 @@ from napari_conformal.errors import ParameterError
 __all__ = [
     "ConformalMethod",
     "Option",
+    "PreparedPool",
     "Step",
     "TuningImage",
     "available_methods",
@@ -208,6 +209,41 @@ class Option:
         return v
 
 
+class PreparedPool:
+    """Where a batched calibration keeps its prepared images and labels from ``prepare`` to ``iter_curves``.
+
+    This one keeps them in memory; a method may return another from
+    :meth:`ConformalMethod.prepared_pool` (CONSIGN spills its bases to disk beyond a memory budget,
+    :class:`napari_conformal.core.consign.spill.BasisSpill`). A context manager: what it holds
+    outside memory is removed when the block ends.
+
+    Attributes
+    ----------
+    prepared : list
+        The prepared images, in the order added.
+    labels : list
+        Their ground truths, in the order added.
+    """
+
+    def __init__(self) -> None:
+        self.prepared: list[Any] = []
+        self.labels: list[Any] = []
+
+    def add(self, prepared: Any, label: Any = None) -> None:
+        """Keep one prepared image and its ground truth."""
+        self.prepared.append(prepared)
+        self.labels.append(label)
+
+    def close(self) -> None:
+        """Release what the pool holds outside memory (nothing here)."""
+
+    def __enter__(self) -> PreparedPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass(frozen=True)
 class TuningImage:
     """One calibration image handed to :meth:`ConformalMethod.iter_tune`.
@@ -352,6 +388,10 @@ class ConformalMethod(ABC, Generic[P, C, S]):
             out.append(self.curve(p, y, alpha=alpha, nu=nu))
             yield Step(j + 1, total, "curves")
         return out
+
+    def prepared_pool(self, n: int) -> PreparedPool:
+        """Where a batched calibration of ``n`` images keeps them until :meth:`iter_curves` (in memory here)."""
+        return PreparedPool()
 
     @abstractmethod
     def lambda_hat(self, curves: Sequence[C], *, alpha: float, nu: float | None = None) -> float:

@@ -58,6 +58,7 @@ from napari_conformal.core.consign.calibrator import iter_decided_curves, quanti
 from napari_conformal.core.consign.curves import CoverageCurve, CurveSet, IncompleteCurvesError
 from napari_conformal.core.consign.members import ConsignSet, sample_members, segment
 from napari_conformal.core.consign.search import CoverageSearch, SearchConfig
+from napari_conformal.core.consign.spill import BasisSpill
 from napari_conformal.core.device import resolve_device
 from napari_conformal.core.methods.base import ConformalMethod, Option, register
 from napari_conformal.core.methods.pixelwise import STRUCTURE, check_structure_present, membership_guarantee
@@ -108,7 +109,11 @@ class ConsignMethod(ConformalMethod[ImageBasis, ConsignCurve, ConsignSet]):
     q of eq. 5 (unset: α/2 at every α, the reference code); ``lambda_max`` the largest λ searched
     (500, the paper's); ``nu_max`` the largest ν the curves must answer without another search
     (unset: the calibrated ν); ``search`` overrides of
-    :class:`~napari_conformal.core.consign.search.SearchConfig` (e.g. ``{"starts": 4}``).
+    :class:`~napari_conformal.core.consign.search.SearchConfig` (e.g. ``{"starts": 4}``);
+    ``memory_budget`` the MiB of calibration bases a calibration keeps in memory (1024): when the
+    bases of the calibration images, (K + 1)·L·|S|·4 bytes each, add up to more, every one waits in
+    a temporary directory and the search reads it back only while it gathers that image's free
+    pixels (:mod:`napari_conformal.core.consign.spill`; the same curves and λ̂; 0 always spills).
 
     Parameters
     ----------
@@ -140,6 +145,11 @@ class ConsignMethod(ConformalMethod[ImageBasis, ConsignCurve, ConsignSet]):
             label="ν max", minimum=0.0, maximum=0.999, optional=True,
         ),
         Option("search", "json", None, "coverage-search settings, e.g. {\"starts\": 4}", optional=True),
+        Option(
+            "memory_budget", "int", 1024,
+            "MiB of calibration bases kept in memory; beyond it they wait in a temporary directory (same λ̂)",
+            label="bases in memory (MiB)", minimum=0,
+        ),
         STRUCTURE,
     )
     structure_option: ClassVar[str | None] = "structure"
@@ -149,6 +159,7 @@ class ConsignMethod(ConformalMethod[ImageBasis, ConsignCurve, ConsignSet]):
     lambda_max: float
     nu_max: float | None
     search: dict[str, Any] | None
+    memory_budget: int
 
     def _setup(self) -> None:
         unknown = sorted(set(self.search or {}) - _SEARCH_FIELDS)
@@ -205,6 +216,10 @@ class ConsignMethod(ConformalMethod[ImageBasis, ConsignCurve, ConsignSet]):
         return packed
 
     # -- the steps -------------------------------------------------------------------------------
+
+    def prepared_pool(self, n: int) -> BasisSpill:
+        """Where a calibration of ``n`` images keeps their bases: in memory up to ``memory_budget`` MiB in all."""
+        return BasisSpill(int(self.memory_budget) * 2**20, expected=int(n))
 
     def prepare(self, image: np.ndarray | None, samples: np.ndarray, **kwargs: Any) -> ImageBasis:
         """Principal basis of the image's samples ``(T, L, *S)`` (the image itself is not used)."""
