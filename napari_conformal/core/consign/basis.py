@@ -33,7 +33,7 @@ chosen device, batched over images of the same shape.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -339,7 +339,3 @@ def compute_basis(
     """Principal basis of one image's samples ``(T, L, *S)``; see :func:`compute_bases`."""
     return compute_bases([samples], k, device=device, rtol=rtol)[0]
 
-
-def stack_field(bases: Sequence[ImageBasis], name: str) -> torch.Tensor:
-    """Stack one tensor field of several bases along a new first axis."""
-    return torch.stack([getattr(b, name) for b in bases])

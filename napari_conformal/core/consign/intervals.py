@@ -38,7 +38,7 @@ import torch
 from napari_conformal.core.consign.basis import ImageBasis
 from napari_conformal.core.consign.box import CoefficientBox, check_lambda
 
-__all__ = ["DEFAULT_RTOL", "LabelRegions", "centre_scores", "flip_lambda", "label_regions"]
+__all__ = ["DEFAULT_RTOL", "LabelRegions", "flip_lambda", "label_regions"]
 
 #: Relative rounding tolerance of the interval tests.
 DEFAULT_RTOL = 1e-5
@@ -64,12 +64,6 @@ class LabelRegions:
     def uncertain(self) -> torch.Tensor:
         """Pixels (bool, shape S) whose label is not the same in every member."""
         return ~self.always.any(dim=0)
-
-
-def centre_scores(basis: ImageBasis, box: CoefficientBox) -> torch.Tensor:
-    """Scores at the box centre, ``μ + Σ_k m_k u_k``, shape (L, P) float32."""
-    m = box.centre.to(device=basis.device, dtype=torch.float32)
-    return torch.addmv(basis.mean, basis.directions.T, m).view(basis.n_labels, -1)
 
 
 def _pair_terms(
