@@ -17,7 +17,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGES = ("calibration", "consign_explorer", "consign_3d", "rwcp_explorer", "pixelwise_view", "metrics_panel")
+IMAGES = (
+    "calibration",
+    "consign_explorer",
+    "consign_3d",
+    "rwcp_explorer",
+    "pixelwise_view",
+    "metrics_panel",
+    "build_store",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         _wait(lambda: not metrics.busy and bool(metrics.test_metrics), 900)
         front(metrics)
         shot(viewer, "metrics_panel")
+    if "build_store" in args.only:
+        build = widgets["Build store"]
+        raise_dock(build)
+        _wait(lambda: False, 1.0)
+        shot(viewer, "build_store")
     viewer.close()
 
     if "consign_3d" in args.only:
