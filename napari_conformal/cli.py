@@ -181,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     make = sub.add_parser("make-demo", help="build (or reuse) a demo dataset store from the packaged real data")
     make.add_argument(
-        "name", choices=("hippocampus-3d", "hippocampus-2d", "brain-mri", "nuclei"), help="which demo dataset"
+        "name",
+        choices=("hippocampus-3d", "hippocampus-2d", "hippocampus-2d-fewshot", "brain-mri", "nuclei"),
+        help="which demo dataset",
     )
     make.add_argument("--out", help="store path (default: the user cache folder)")
     make.add_argument("--n-images", type=int, help="only this many calibration + test images (quick look)")
@@ -194,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--dataset",
         default="hippocampus-2d",
-        help="demo store: hippocampus-2d (default), hippocampus-3d (first build ~2 min), brain-mri, nuclei",
+        help="demo store: hippocampus-2d (default), hippocampus-2d-fewshot (a weak model: sets must stretch), "
+        "hippocampus-3d (first build ~2 min), brain-mri, nuclei",
     )
     demo.add_argument("--method", default="consign", choices=methods, help="method calibrated at start (default consign)")
     demo.add_argument("--no-calibrate", action="store_true", help="open the store without calibrating")

@@ -36,7 +36,7 @@ EXPLORER_BY_LAYER = (
     ("contour", "RW-CP explorer"),
 )
 #: the demo stores ``demo`` can open; the first is the default
-DEMO_DATASETS = ("hippocampus-2d", "hippocampus-3d", "brain-mri", "nuclei")
+DEMO_DATASETS = ("hippocampus-2d", "hippocampus-2d-fewshot", "hippocampus-3d", "brain-mri", "nuclei")
 
 
 def _plugin_widget_names() -> list[str]:
