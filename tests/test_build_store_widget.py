@@ -59,6 +59,19 @@ def test_build_from_layers_opens_the_store_and_fills_the_calibration_dock(docks,
     assert calibration.store_edit.text() == str(out.resolve())  # the calibration dock follows the new store
 
 
+def test_first_guess_skips_computed_layers_and_pairs_the_axes(docks):
+    """Image: a layer the plugin did not compute; samples: the layer with two more axes than it."""
+    viewer, build, _ = docks
+    rng = np.random.default_rng(1)
+    viewer.add_image(rng.normal(size=(16, 18)), name="direction u1", metadata={"napari_conformal": {"method": "consign"}})
+    viewer.add_image(rng.normal(size=(16, 18)), name="slice")
+    viewer.add_image(rng.normal(size=(3, 2, 4, 4)), name="other")
+    viewer.add_image(rng.uniform(size=(5, 2, 16, 18)), name="samples")
+    build.set_source("layers")
+    assert build.image_combo.currentText() == "slice"
+    assert build.samples_combo.currentText() == "samples"
+
+
 def test_one_volume_from_layers(docks, qtbot, tmp_path):
     viewer, build, _ = docks
     rng = np.random.default_rng(1)

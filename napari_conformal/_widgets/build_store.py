@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSpinBox,
     QStackedWidget,
     QVBoxLayout,
@@ -228,7 +229,11 @@ class BuildStoreWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
 
-        self.source_combo.currentIndexChanged.connect(self.pages.setCurrentIndex)
+        self.source_combo.currentIndexChanged.connect(self._show_page)
+        self._layers_chosen = False
+        for combo in (self.image_combo, self.samples_combo):
+            combo.activated.connect(lambda *_: setattr(self, "_layers_chosen", True))
+        self._show_page(self.source_combo.currentIndex())
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self._refresh_layers()
@@ -261,11 +266,40 @@ class BuildStoreWidget(QWidget):
             if keep in names:
                 combo.setCurrentText(keep)
             combo.blockSignals(False)
-        if len(images) > 1 and self.image_combo.currentText() == self.samples_combo.currentText():
-            # one layer in both: guess the samples layer (the one with most axes) and another image
-            self.samples_combo.setCurrentText(max(images, key=lambda n: self.viewer.layers[n].ndim))
-            rest = [n for n in images if n != self.samples_combo.currentText()]
-            self.image_combo.setCurrentText(rest[0])
+        # guessed until the user picks a layer (then kept), or when one layer sits in both
+        chosen = getattr(self, "_layers_chosen", False)
+        if len(images) > 1 and (not chosen or self.image_combo.currentText() == self.samples_combo.currentText()):
+            image, samples = self._guess_image_and_samples(images)
+            self.image_combo.setCurrentText(image)
+            self.samples_combo.setCurrentText(samples)
+
+    def _show_page(self, index: int) -> None:
+        """Show the page of the chosen source; the dock takes that page's height only."""
+        for i in range(self.pages.count()):
+            policy = QSizePolicy.Policy.Preferred if i == index else QSizePolicy.Policy.Ignored
+            self.pages.widget(i).setSizePolicy(policy, policy)
+        self.pages.setCurrentIndex(index)
+        self.pages.adjustSize()
+
+    def _guess_image_and_samples(self, names: list[str]) -> tuple[str, str]:
+        """A sensible first choice of the image and samples layers among the image layers ``names``.
+
+        The image: a layer this plugin did not compute (no method in its metadata), with the fewest
+        axes. The samples: another layer shaped (T, L, *S) beside that (*S) image, else the other layer
+        with the most axes.
+        """
+        layers = self.viewer.layers
+
+        def computed(name: str) -> bool:
+            meta = layers[name].metadata.get("napari_conformal") or {}
+            return isinstance(meta, dict) and ("method" in meta or "lambda_hat" in meta)
+
+        image = min(names, key=lambda n: (computed(n), layers[n].ndim))
+        rest = [n for n in names if n != image]
+        shape = tuple(layers[image].data.shape)
+        fitting = [n for n in rest if layers[n].ndim == len(shape) + 2 and tuple(layers[n].data.shape[2:]) == shape]
+        samples = (fitting or sorted(rest, key=lambda n: (-layers[n].ndim, computed(n))))[0]
+        return image, samples
 
     def _layer_data(self, name: str) -> Any:
         from napari_conformal.errors import ImportInputError

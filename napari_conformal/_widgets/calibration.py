@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSpinBox,
     QStackedWidget,
     QVBoxLayout,
@@ -220,7 +221,7 @@ class CalibrationWidget(QWidget):
             combo.setMinimumContentsLength(12)
         outer = QVBoxLayout(self)  # content in a scroll area: the dock may be shorter than it
         outer.setContentsMargins(0, 0, 0, 0)
-        scroll = QScrollArea()
+        scroll = self._scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
@@ -299,7 +300,13 @@ class CalibrationWidget(QWidget):
     def _method_changed(self) -> None:
         if self.method_combo.currentData() is None:
             return
-        self.option_stack.setCurrentIndex(self.method_combo.currentIndex())
+        current = self.method_combo.currentIndex()
+        for i in range(self.option_stack.count()):  # the box takes the height of this method's options only
+            page = self.option_stack.widget(i)
+            policy = QSizePolicy.Policy.Preferred if i == current else QSizePolicy.Policy.Ignored
+            page.setSizePolicy(policy, policy)
+        self.option_stack.setCurrentIndex(current)
+        self.option_stack.adjustSize()
         self.nu_spin.setEnabled(self._method_class(self.method_name).uses_nu)
         self._per_class_toggled()
 
@@ -562,6 +569,8 @@ class CalibrationWidget(QWidget):
             self.progress_bar.setRange(0, max(total, 1))
             self.progress_bar.setValue(0)
             self.progress_label.setText(f"images read and prepared: 0 / {total}")
+            # on a short screen the bar sits below the fold: scroll it into view
+            QTimer.singleShot(0, lambda: self._scroll.ensureWidgetVisible(self.progress_label))
 
     def _raise_dock(self) -> None:
         """Bring this dock's tab to the front while it works."""
