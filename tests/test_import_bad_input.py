@@ -338,3 +338,26 @@ def test_interrupt_while_the_bar_draws_leaves_no_store(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         _run(gen, "importing", quiet=False)
     assert leftovers(out) == []
+
+
+def test_a_write_landing_after_the_interrupt_is_removed_too(tmp_path):
+    """zarr writes chunks from its own thread: one that lands after Ctrl-C must not leave the folder behind."""
+    import threading
+    import time
+
+    from napari_conformal.io.atomic import atomic_directory
+
+    out = tmp_path / "s.zarr"
+    writer = None
+
+    def late_write(folder):
+        time.sleep(0.05)  # after the interrupt, while (or after) the folder is being removed
+        (folder / "samples" / "c" / "0").mkdir(parents=True, exist_ok=True)
+        (folder / "samples" / "c" / "0" / "0").write_bytes(b"chunk")
+
+    with pytest.raises(KeyboardInterrupt), atomic_directory(out) as tmp:
+        writer = threading.Thread(target=late_write, args=(tmp,))
+        writer.start()
+        raise KeyboardInterrupt
+    writer.join()
+    assert leftovers(out) == []

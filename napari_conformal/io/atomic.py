@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -102,7 +103,21 @@ def atomic_directory(
             os.rename(tmp, target)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)
+
+
+def remove_tree(path: Path, *, attempts: int = 50, settle_s: float = 0.2) -> None:
+    """Remove a directory tree, and again while late writes still land in it.
+
+    An interrupted write can leave work in flight: zarr writes chunks from its own I/O thread, which a
+    Ctrl-C in the main thread does not stop, and such a write creates its folders again. The tree is
+    removed until it has stayed gone for ``settle_s`` seconds (at most ``attempts`` times).
+    """
+    for _ in range(max(1, attempts)):
+        shutil.rmtree(path, ignore_errors=True)
+        time.sleep(settle_s)
+        if not path.exists():
+            return
 
 
 @contextmanager
