@@ -23,6 +23,7 @@ from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from napari_conformal.cli_import import _positive_int
 from napari_conformal.errors import ConformalError
 
 __all__ = ["build_parser", "main"]
@@ -528,16 +529,6 @@ def _comma_list(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
         return [kind(t) for t in items]
 
     return parse
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def _add_report_parser(sub: Any) -> None:
